@@ -1,0 +1,305 @@
+"""Input data: TensorFlow Datasets or the datasets' original files, as tf.data.
+
+`load()` returns the train / validation / test splits as unbatched datasets of
+(image uint8 [H, W, C], label int64); `make_pipeline()` turns a split into the
+batched, prefetched stream a model trains on.
+
+Where data comes from, in order:
+  1. `--data_dir` holding the original distribution files (for MNIST and
+     Fashion-MNIST the four IDX `.gz` files): read and validated here.
+  2. A prepared TFDS copy (in `--data_dir`, or TFDS' default folder).
+  3. Without `--data_dir`: the folder Debian's dataset packages install to,
+     /usr/share/datasets/<name>/ (`apt install dataset-fashion-mnist`).
+  4. A TFDS download; with no network, one line saying so and naming the
+     local-files alternative (TFDS would otherwise retry for minutes).
+
+The validation split is carved deterministically from the end of train, the
+same way for every source, so it never overlaps the training examples.
+"""
+
+import dataclasses
+import gzip
+import os
+import pathlib
+import socket
+import struct
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from common.errors import UserError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Where Debian's dataset-* packages put the original files.
+SYSTEM_DATASETS_DIR = pathlib.Path("/usr/share/datasets")
+# The host TFDS downloads MNIST-family files from; checked before a download.
+DOWNLOAD_HOST = "storage.googleapis.com"
+
+
+@dataclasses.dataclass
+class Splits:
+    """The three splits of a dataset and what a model needs to know of it."""
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    num_train: int
+    num_validation: int
+    num_test: int
+    image_shape: tuple[int, ...]
+    num_classes: int
+    source: str  # "tfds" or the folder the original files were read from
+
+
+# ---------------------------------------------------------------------------
+# Original files: MNIST and Fashion-MNIST IDX.
+
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _LocalFormat:
+    files: tuple[str, ...]          # file names (without .gz) that must exist
+    reader: Callable[[pathlib.Path], dict]  # folder -> {split: (x, y)}
+    num_classes: int
+
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"corrupt data file {path}: {e}") from None
+
+
+def _find(folder: pathlib.Path, name: str) -> Optional[pathlib.Path]:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
+    """Reads one IDX file, checking its magic number and its length."""
+    data = _read_bytes(path)
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UserError(f"corrupt data file {path}: too short for an IDX header")
+    (found,) = struct.unpack(">I", data[:4])
+    if found != magic:
+        raise UserError(f"corrupt data file {path}: magic number {found:#010x}, "
+                        f"expected {magic:#010x}")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise UserError(f"corrupt data file {path}: header promises {shape} "
+                        f"({expected} bytes) but holds {len(data) - header}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _read_idx_folder(folder: pathlib.Path, num_classes: int = 10) -> dict:
+    splits = {}
+    for split, (images_name, labels_name) in _IDX_FILES.items():
+        images_path, labels_path = _find(folder, images_name), _find(folder, labels_name)
+        images = read_idx(images_path, _IDX_IMAGES_MAGIC)
+        labels = read_idx(labels_path, _IDX_LABELS_MAGIC)
+        if images.shape[1:] != (28, 28):
+            raise UserError(f"corrupt data file {images_path}: images are "
+                            f"{images.shape[1:]}, expected (28, 28)")
+        if len(images) != len(labels):
+            raise UserError(f"{images_path} holds {len(images)} images but "
+                            f"{labels_path} holds {len(labels)} labels")
+        if len(labels) and labels.max() >= num_classes:
+            raise UserError(f"corrupt data file {labels_path}: label "
+                            f"{labels.max()} outside 0..{num_classes - 1}")
+        splits[split] = (images[..., np.newaxis], labels.astype(np.int64))
+    return splits
+
+
+_IDX_FORMAT = _LocalFormat(
+    files=tuple(name for pair in _IDX_FILES.values() for name in pair),
+    reader=_read_idx_folder, num_classes=10)
+
+# Datasets with a reader for their original files. Other experiments add theirs.
+LOCAL_FORMATS: dict[str, _LocalFormat] = {
+    "mnist": _IDX_FORMAT,
+    "fashion_mnist": _IDX_FORMAT,
+}
+
+
+def _local_folder(name: str, folder: pathlib.Path) -> Optional[pathlib.Path]:
+    """The folder holding `name`'s original files (folder or folder/name)."""
+    fmt = LOCAL_FORMATS.get(name)
+    if fmt is None:
+        return None
+    for candidate in (folder, folder / name, folder / name.replace("_", "-")):
+        present = [f for f in fmt.files if _find(candidate, f)]
+        if present and len(present) < len(fmt.files):
+            missing = sorted(set(fmt.files) - set(present))
+            raise UserError(f"{candidate} has some of the {name} files but not "
+                            f"{missing[0]}(.gz)")
+        if present:
+            return candidate
+    return None
+
+
+def _system_folder(name: str) -> Optional[pathlib.Path]:
+    for candidate in (SYSTEM_DATASETS_DIR / name,
+                      SYSTEM_DATASETS_DIR / name.replace("_", "-")):
+        if candidate.is_dir() and _local_folder(name, candidate):
+            return candidate
+    return None
+
+
+def _carve_validation(num_examples: int, fraction: float) -> int:
+    return int(round(num_examples * fraction))
+
+
+def _load_local(name: str, folder: pathlib.Path, validation_fraction: float) -> Splits:
+    fmt = LOCAL_FORMATS[name]
+    arrays = fmt.reader(folder)
+    x_train, y_train = arrays["train"]
+    x_test, y_test = arrays["test"]
+    num_val = _carve_validation(len(x_train), validation_fraction)
+    cut = len(x_train) - num_val
+
+    def to_ds(x, y):
+        return tf.data.Dataset.from_tensor_slices((x, y))
+
+    return Splits(
+        train=to_ds(x_train[:cut], y_train[:cut]),
+        validation=to_ds(x_train[cut:], y_train[cut:]),
+        test=to_ds(x_test, y_test),
+        num_train=cut, num_validation=num_val, num_test=len(x_test),
+        image_shape=tuple(x_train.shape[1:]), num_classes=fmt.num_classes,
+        source=str(folder))
+
+
+# ---------------------------------------------------------------------------
+# TensorFlow Datasets.
+
+def _network_available(host: str = DOWNLOAD_HOST) -> bool:
+    """Whether the download host resolves; fails at once with no network."""
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def _count(ds: tf.data.Dataset) -> int:
+    n = int(ds.cardinality())
+    if n >= 0:
+        return n
+    return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def _tfds_splits(name: str, data_dir: Optional[str], validation_fraction: float,
+                 download: bool) -> Splits:
+    import tensorflow_datasets as tfds
+    percent = int(round(100 * (1 - validation_fraction)))
+    if not 0 < percent < 100:
+        raise UserError(f"validation_fraction={validation_fraction} leaves no "
+                        "training or no validation examples in whole percent")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise UserError(f"TFDS has no dataset named {name!r}") from None
+    if download:
+        builder.download_and_prepare()
+    train, validation, test = builder.as_dataset(
+        split=[f"train[:{percent}%]", f"train[{percent}%:]", "test"],
+        as_supervised=True, shuffle_files=False)
+    label = builder.info.features["label"]
+    image = builder.info.features["image"]
+    return Splits(
+        train=train, validation=validation, test=test,
+        num_train=_count(train), num_validation=_count(validation),
+        num_test=_count(test), image_shape=tuple(image.shape),
+        num_classes=label.num_classes, source="tfds")
+
+
+def load(name: str, data_dir: Optional[str] = None,
+         validation_fraction: float = 0.1) -> Splits:
+    """Loads dataset `name`; see the module docstring for where from."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise UserError(f"validation_fraction must be between 0 and 1, got "
+                        f"{validation_fraction}")
+    if data_dir is not None:
+        folder = pathlib.Path(data_dir).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"--data_dir {data_dir} does not exist")
+        local = _local_folder(name, folder)
+        if local is not None:
+            return _load_local(name, local, validation_fraction)
+    try:
+        # download=False finds a prepared copy (or tfds.testing.mock_data).
+        return _tfds_splits(name, data_dir, validation_fraction, download=False)
+    except AssertionError:
+        pass  # TFDS' way of saying "not prepared in data_dir".
+    if data_dir is None:
+        system = _system_folder(name)
+        if system is not None:
+            return _load_local(name, system, validation_fraction)
+    if not _network_available():
+        raise UserError(_offline_message(name, data_dir))
+    try:
+        return _tfds_splits(name, data_dir, validation_fraction, download=True)
+    except OSError as e:  # requests' ConnectionError is an OSError.
+        raise UserError(f"downloading {name!r} through TFDS failed: "
+                        f"{str(e).splitlines()[0]}; "
+                        + _offline_message(name, data_dir)) from None
+
+
+def _offline_message(name: str, data_dir: Optional[str]) -> str:
+    fmt = LOCAL_FORMATS.get(name)
+    where = f" in --data_dir {data_dir}" if data_dir else ""
+    if fmt is None:
+        return (f"cannot download {name!r} through TFDS: no network, and no "
+                f"prepared TFDS copy{where}")
+    files = ", ".join(f"{f}.gz" for f in fmt.files)
+    return (f"cannot download {name!r} through TFDS: no network, and no "
+            f"prepared TFDS copy{where}; offline, pass --data_dir=DIR holding "
+            f"the original files ({files}) or install them under "
+            f"{SYSTEM_DATASETS_DIR / name.replace('_', '-')}/")
+
+
+# ---------------------------------------------------------------------------
+# The pipeline.
+
+def _to_float(images, labels):
+    return tf.cast(images, tf.float32), labels
+
+
+def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, training: bool,
+                  num_examples: int, seed: Optional[int] = None,
+                  augment: Optional[Callable] = None,
+                  cache: bool = True) -> tf.data.Dataset:
+    """Cache, shuffle and augment (training), batch, cast, prefetch.
+
+    `batch_size` is the global batch: a distribution strategy splits each
+    batch across its replicas. Training batches drop the remainder so every
+    step has the same static shape (what TPUs need); evaluation keeps every
+    example so test accuracy is over the whole split. Images stay uint8 until
+    after batching, which keeps the cache small and the cast vectorised.
+    """
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(max(1, min(num_examples, 60_000)), seed=seed,
+                        reshuffle_each_iteration=True)
+        if augment is not None:
+            ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=training,
+                  num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

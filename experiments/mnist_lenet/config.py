@@ -1,0 +1,25 @@
+"""LeNet-5 hyperparameters.
+
+Run (MNIST through TFDS, needs internet once):
+    python launch.py --experiment=mnist_lenet
+Offline, on real Fashion-MNIST (Debian's dataset-fashion-mnist package):
+    python launch.py --experiment=mnist_lenet --dataset=fashion_mnist --epochs=5
+
+Expected: Fashion-MNIST, 5 epochs: test accuracy MEASURED_PLACEHOLDER.
+MNIST cannot be downloaded on the machine these figures come from; LeNet-5
+reaches about 0.99 there.
+"""
+
+
+def get_config() -> dict:
+    return {
+        "dataset": "mnist",
+        "validation_fraction": 0.1,   # carved from the end of train
+        "batch_size": 64,             # global, split across replicas
+        "epochs": 10,
+        "optimizer": "adam",
+        "learning_rate": 3e-3,
+        "lr_schedule": "cosine",      # decays to 0 over the run; or "constant"
+        "dropout": 0.0,
+        "early_stopping_patience": 0,  # 0: off
+    }

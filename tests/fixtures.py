@@ -1,0 +1,40 @@
+"""Fixture files in the datasets' original formats, written by the tests."""
+
+import gzip
+import pathlib
+import struct
+
+import numpy as np
+
+IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def learnable_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """28x28 images whose class is a bright 6x6 patch at a class-specific
+    place, over noise: a small CNN learns them in a few epochs."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row, col = 2 + (label // 5) * 13, 1 + (label % 5) * 5
+        images[i, row:row + 6, col:col + 6] = 255
+    return images
+
+
+def write_idx_dataset(folder: pathlib.Path, num_train: int = 600,
+                      num_test: int = 200, seed: int = 0) -> pathlib.Path:
+    """Writes the four MNIST IDX .gz files into `folder`; returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, count in (("train", num_train), ("t10k", num_test)):
+        labels = rng.integers(0, 10, size=count)
+        images = learnable_images(labels, seed + count)
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(idx_bytes(images, IMAGES_MAGIC))
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(idx_bytes(labels, LABELS_MAGIC))
+    return folder

@@ -1,0 +1,150 @@
+import gzip
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from common import data
+from common.errors import UserError
+from tests.fixtures import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx_dataset
+
+
+def _arrays(ds):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.stack(images), np.array(labels)
+
+
+def test_local_idx_files_are_read_with_a_deterministic_validation_split(tmp_path):
+    folder = write_idx_dataset(tmp_path, num_train=300, num_test=50)
+    splits = data.load("mnist", data_dir=str(folder), validation_fraction=0.1)
+    assert (splits.num_train, splits.num_validation, splits.num_test) == (270, 30, 50)
+    assert splits.image_shape == (28, 28, 1) and splits.num_classes == 10
+    assert splits.source == str(folder)
+    train_x, train_y = _arrays(splits.train)
+    val_x, _ = _arrays(splits.validation)
+    assert train_x.shape == (270, 28, 28, 1) and train_x.dtype == np.uint8
+    assert train_y.dtype == np.int64 and train_y.max() < 10
+    # Validation is the end of the train file, the same on every load.
+    with gzip.open(folder / "train-images-idx3-ubyte.gz") as f:
+        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(300, 28, 28, 1)
+    np.testing.assert_array_equal(train_x, raw[:270])
+    np.testing.assert_array_equal(val_x, raw[270:])
+    again = data.load("mnist", data_dir=str(folder), validation_fraction=0.1)
+    np.testing.assert_array_equal(_arrays(again.validation)[0], val_x)
+
+
+def test_dataset_subfolder_and_uncompressed_files_are_found(tmp_path):
+    folder = write_idx_dataset(tmp_path / "fashion_mnist", num_train=100, num_test=20)
+    for path in folder.glob("*.gz"):
+        with gzip.open(path) as f:
+            path.with_suffix("").write_bytes(f.read())
+        path.unlink()
+    splits = data.load("fashion_mnist", data_dir=str(tmp_path))
+    assert splits.num_test == 20
+
+
+def test_truncated_file_is_named(tmp_path):
+    folder = write_idx_dataset(tmp_path)
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UserError, match="corrupt data file .*train-images-idx3-ubyte.gz"):
+        data.load("mnist", data_dir=str(folder))
+
+
+def test_short_payload_is_named(tmp_path):
+    folder = write_idx_dataset(tmp_path, num_test=20)
+    labels = np.zeros(10, np.uint8)
+    header = idx_bytes(labels, LABELS_MAGIC)[:8]  # header says 10 labels
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(header + labels[:7].tobytes())
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz: header promises"):
+        data.load("mnist", data_dir=str(folder))
+
+
+def test_wrong_magic_is_named(tmp_path):
+    folder = write_idx_dataset(tmp_path)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(np.zeros((200, 28, 28), np.uint8), IMAGES_MAGIC))
+    with pytest.raises(UserError, match="t10k-labels.*magic number 0x00000803"):
+        data.load("mnist", data_dir=str(folder))
+
+
+def test_count_mismatch_between_images_and_labels(tmp_path):
+    folder = write_idx_dataset(tmp_path, num_test=200)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(np.zeros(199, np.uint8), LABELS_MAGIC))
+    with pytest.raises(UserError, match="200 images but .* 199 labels"):
+        data.load("mnist", data_dir=str(folder))
+
+
+def test_label_out_of_range(tmp_path):
+    folder = write_idx_dataset(tmp_path, num_test=200)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(np.full(200, 12, np.uint8), LABELS_MAGIC))
+    with pytest.raises(UserError, match="label 12 outside 0..9"):
+        data.load("mnist", data_dir=str(folder))
+
+
+def test_missing_file_is_named(tmp_path):
+    folder = write_idx_dataset(tmp_path)
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(UserError, match="not t10k-images-idx3-ubyte"):
+        data.load("mnist", data_dir=str(folder))
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(UserError, match="does-not-exist does not exist"):
+        data.load("mnist", data_dir=str(tmp_path / "does-not-exist"))
+
+
+def test_system_folder_is_used_without_data_dir(tmp_path, monkeypatch):
+    write_idx_dataset(tmp_path / "fashion-mnist", num_train=100, num_test=30)
+    monkeypatch.setattr(data, "SYSTEM_DATASETS_DIR", tmp_path)
+    monkeypatch.setattr(data, "_tfds_splits", _not_prepared)
+    splits = data.load("fashion_mnist")
+    assert splits.source == str(tmp_path / "fashion-mnist")
+    assert splits.num_test == 30
+
+
+def _not_prepared(*args, download, **kwargs):
+    assert not download, "must not try a download when local files exist"
+    raise AssertionError("not prepared")
+
+
+def test_no_network_fails_at_once_naming_the_local_alternative(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_network_available", lambda *a: False)
+    with pytest.raises(UserError) as raised:
+        data.load("mnist", data_dir=str(tmp_path))
+    message = str(raised.value)
+    assert "no network" in message and "--data_dir" in message
+    assert "train-images-idx3-ubyte.gz" in message and "\n" not in message
+
+
+def test_tfds_source_under_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=40):
+        splits = data.load("mnist", data_dir=str(tmp_path))
+        assert splits.source == "tfds"
+        assert splits.image_shape == (28, 28, 1) and splits.num_classes == 10
+        images, labels = _arrays(splits.train)
+    assert images.shape[1:] == (28, 28, 1) and labels.max() < 10
+
+
+def test_pipeline_batches_by_global_batch(tmp_path):
+    splits = data.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 100, 30)))
+    train = data.make_pipeline(splits.train, 32, training=True,
+                               num_examples=splits.num_train, seed=1)
+    shapes = [tuple(x.shape) for x, _ in train]
+    assert shapes == [(32, 28, 28, 1)] * (90 // 32)  # remainder dropped
+    test = data.make_pipeline(splits.test, 32, training=False, num_examples=30)
+    batches = list(test)
+    assert sum(len(y) for _, y in batches) == 30  # every test example kept
+    assert batches[0][0].dtype.name == "float32"
+
+
+def test_training_pipeline_reshuffles_every_epoch(tmp_path):
+    splits = data.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 200, 20)))
+    train = data.make_pipeline(splits.train, 180, training=True,
+                               num_examples=splits.num_train, seed=3)
+    first, second = [np.concatenate([y.numpy() for _, y in train]) for _ in range(2)]
+    assert not np.array_equal(first, second)
+    assert sorted(first) == sorted(second)

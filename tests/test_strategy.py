@@ -1,0 +1,69 @@
+import pytest
+import tensorflow as tf
+
+from common import strategy as strategy_lib
+from common.errors import UserError
+from tests.conftest import NUM_TEST_CPU_DEVICES
+
+
+def test_default_strategy_is_never_none():
+    strategy = strategy_lib.get_strategy("default")
+    assert strategy is not None and strategy.num_replicas_in_sync == 1
+
+
+def test_mirrored_runs_one_replica_per_logical_cpu():
+    strategy = strategy_lib.get_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == NUM_TEST_CPU_DEVICES
+
+    def step():
+        context = tf.distribute.get_replica_context()
+        return tf.constant(1.0) + tf.cast(context.replica_id_in_sync_group, tf.float32)
+
+    per_replica = strategy.run(step)
+    values = strategy.experimental_local_results(per_replica)
+    assert [float(v) for v in values] == [1.0, 2.0]
+    devices = {v.device for v in values}
+    assert len(devices) == NUM_TEST_CPU_DEVICES  # really on distinct devices
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    assert float(total) == 3.0
+
+
+def test_one_device_cpu():
+    strategy = strategy_lib.get_strategy("one_device", device="cpu")
+    assert strategy.num_replicas_in_sync == 1
+
+
+def test_one_device_gpu_without_gpu_is_one_line():
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="--device=gpu requested but this machine has 0 GPU"):
+        strategy_lib.get_strategy("one_device", device="gpu")
+
+
+def test_bad_device_name():
+    with pytest.raises(UserError, match="'npu'"):
+        strategy_lib.get_strategy("one_device", device="npu")
+
+
+def test_unknown_strategy_lists_the_valid_ones():
+    with pytest.raises(UserError, match="'horovod'.*default, one_device, mirrored"):
+        strategy_lib.get_strategy("horovod")
+
+
+def test_tpu_without_tpu_is_one_line():
+    with pytest.raises(UserError, match="no TPU found at --tpu='local'") as raised:
+        strategy_lib.get_strategy("tpu", tpu="")
+    assert "\n" not in str(raised.value)
+
+
+def test_bad_tf_config(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UserError, match="TF_CONFIG"):
+        strategy_lib.get_strategy("multi_worker_mirrored")
+
+
+def test_global_batch_must_divide_across_replicas():
+    strategy = strategy_lib.get_strategy("mirrored")
+    assert strategy_lib.check_global_batch(64, strategy) == 32
+    with pytest.raises(UserError, match="batch size 33 does not divide across 2 replicas"):
+        strategy_lib.check_global_batch(33, strategy)

@@ -1,0 +1,134 @@
+"""The runner end to end, in-process, on mock TFDS data and IDX fixtures."""
+
+import json
+
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+import tf_keras
+
+import experiments
+from common import results, training
+from common.errors import UserError
+from tests.fixtures import write_idx_dataset
+
+
+def _options(tmp_path, **overrides):
+    values = dict(experiment="mnist_lenet", results_dir=str(tmp_path / "results"),
+                  epochs=2, batch_size=16, verbose=0)
+    values.update(overrides)
+    return training.RunOptions(**values)
+
+
+def _plugins_in(folder):
+    """Plugin names of every summary in the event files under `folder`."""
+    names = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                names.add(value.metadata.plugin_data.plugin_name)
+    return names
+
+
+def _scalar_tags(folder):
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_mirrored_run_on_mock_tfds_leaves_a_complete_run_folder(tmp_path):
+    (tmp_path / "tfds").mkdir()
+    with tfds.testing.mock_data(num_examples=64):
+        metrics = training.run(_options(tmp_path, strategy="mirrored",
+                                        data_dir=str(tmp_path / "tfds"),
+                                        run_name="mock"))
+    run_dir = tmp_path / "results" / "mnist_lenet" / "mock"
+    assert metrics["num_replicas"] == 2 and metrics["strategy"] == "MirroredStrategy"
+    assert metrics["data_source"] == "tfds"
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert on_disk["num_test_examples"] == 64
+    assert [row["epoch"] for row in on_disk["history"]] == [0, 1]
+    assert len(on_disk["seconds_per_epoch"]) == 2
+    assert on_disk["train_images_per_second"] > 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["hparams"]["batch_size"] == 16 and config["hparams"]["epochs"] == 2
+    assert config["versions"]["tf-keras"].startswith("2.")
+    assert config["flags"]["strategy"] == "mirrored"
+    # TensorBoard: scalars under train/ and validation/, HParams at the root.
+    assert {"epoch_loss", "epoch_accuracy"} <= _scalar_tags(run_dir / "logs" / "train")
+    assert {"epoch_loss", "epoch_accuracy"} <= _scalar_tags(run_dir / "logs" / "validation")
+    assert {"epoch_loss", "epoch_accuracy"} <= _scalar_tags(run_dir / "logs" / "test")
+    assert "hparams" in _plugins_in(run_dir / "logs")
+    model = tf_keras.models.load_model(run_dir / "model" / "model.keras")
+    assert model.output_shape == (None, 10)
+    assert not (run_dir / "backup").exists()  # cleaned up once finished
+
+
+def test_loss_falls_on_learnable_fixture_data(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=800, num_test=200)
+    metrics = training.run(_options(tmp_path, epochs=4, batch_size=32,
+                                    data_dir=str(folder)))
+    losses = [row["loss"] for row in metrics["history"]]
+    assert losses[-1] < losses[0] * 0.5
+    assert metrics["test_accuracy"] > 0.8  # the patches are easy; chance is 0.1
+    assert metrics["num_test_examples"] == 200
+    assert metrics["data_source"] == str(folder)
+
+
+def test_runs_never_overwrite_each_other(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
+    first = training.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
+    second = training.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
+    assert first["run"] != second["run"]
+    runs = sorted(p.name for p in (tmp_path / "results" / "mnist_lenet").iterdir())
+    assert runs == sorted([first["run"], second["run"]])
+    with pytest.raises(UserError, match="already finished"):
+        training.run(_options(tmp_path, epochs=1, data_dir=str(folder),
+                              run_name=first["run"]))
+
+
+def test_unfinished_run_with_other_hparams_is_not_resumed(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
+    run_dir = tmp_path / "results" / "mnist_lenet" / "half"
+    run_dir.mkdir(parents=True)
+    config = training.resolve_config(experiments.get("mnist_lenet"),
+                                     _options(tmp_path, epochs=3))
+    results.write_json_atomic(run_dir / "config.json", {"hparams": config})
+    with pytest.raises(UserError, match=r"different hyperparameters \(epochs\)"):
+        training.run(_options(tmp_path, epochs=1, data_dir=str(folder), run_name="half"))
+
+
+def test_eval_mode_scores_the_saved_model(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=400, num_test=100)
+    trained = training.run(_options(tmp_path, epochs=2, data_dir=str(folder),
+                                    run_name="t"))
+    evaluated = training.run(_options(tmp_path, mode="eval", data_dir=str(folder),
+                                      run_name="t"))
+    assert evaluated["test_accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-6)
+    assert evaluated["num_test_examples"] == 100
+
+
+def test_bad_hparam_and_batch_fail_before_any_run_folder(tmp_path):
+    with pytest.raises(UserError, match="'dropot'"):
+        training.run(_options(tmp_path, hparams=("dropot=0.1",)))
+    with pytest.raises(UserError, match="batch size 15 does not divide across 2"):
+        training.run(_options(tmp_path, strategy="mirrored", batch_size=15))
+    assert not (tmp_path / "results").exists()
+
+
+def test_lenet5_layers():
+    model = experiments.get("mnist_lenet").build_model(
+        {"dropout": 0.0}, (28, 28, 1), 10)
+    shapes = {layer.name: layer.output_shape[1:] for layer in model.layers}
+    assert shapes["conv1"] == (28, 28, 6) and shapes["pool1"] == (14, 14, 6)
+    assert shapes["conv2"] == (10, 10, 16) and shapes["pool2"] == (5, 5, 16)
+    assert shapes["fc1"] == (120,) and shapes["fc2"] == (84,) and shapes["logits"] == (10,)
+    assert model.count_params() == 61_706  # LeNet-5 with a 'same' first conv
+
+
+def test_unknown_experiment_lists_the_valid_ones():
+    with pytest.raises(UserError, match="'mnist_lenett'.*mnist_lenet"):
+        experiments.get("mnist_lenett")
