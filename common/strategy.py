@@ -38,8 +38,12 @@ def configure_cpu_devices(count: int) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    """The first sentence of an error: TensorFlow's run to many lines."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    first, _, rest = lines[0].partition(". ")
+    return first if rest else lines[0]
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:

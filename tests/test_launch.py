@@ -1,0 +1,103 @@
+"""launch.py as a user runs it: a subprocess, flags, exit codes, stderr."""
+
+import csv
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.fixtures import write_idx_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def launch(*args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_one_line_error(result, *needles):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error_lines = [l for l in result.stderr.splitlines()
+                   if l.startswith(("launch.py: error:", "FATAL Flags parsing error"))]
+    assert len(error_lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in error_lines[0]
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("idx"), num_train=300, num_test=60)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--experiment=mnist_lenat"], ["mnist_lenat", "mnist_lenet"]),
+    (["--experiment=mnist_lenet", "--strategy=horovod"], ["horovod", "mirrored"]),
+    (["--experiment=mnist_lenet", "--hparams=dropot=0.5"], ["'dropot'", "dropout"]),
+    (["--experiment=mnist_lenet", "--hparams=learning_rate=fast"], ["'fast'", "learning_rate"]),
+    (["--experiment=mnist_lenet", "--strategy=mirrored", "--num_cpu_devices=2",
+      "--batch_size=33"], ["33", "2 replicas"]),
+    (["--experiment=mnist_lenet", "--data_dir=/no/such/folder"], ["/no/such/folder"]),
+    (["--experiment=mnist_lenet", "--strategy=tpu"], ["no TPU found"]),
+    (["--experiment=mnist_lenet", "--strategy=one_device", "--device=gpu"], ["gpu", "0 GPU"]),
+])
+def test_user_mistakes_are_one_line(tmp_path, args, needles):
+    results_dir = tmp_path / "results"
+    result = launch(*args, f"--results_dir={results_dir}")
+    _assert_one_line_error(result, *needles)
+    assert not list(results_dir.glob("*/*/metrics.json"))
+
+
+def test_corrupt_file_is_one_line_and_no_run_is_reported(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:50])
+    result = launch("--experiment=mnist_lenet", f"--data_dir={folder}",
+                    f"--results_dir={tmp_path / 'results'}")
+    _assert_one_line_error(result, "t10k-images-idx3-ubyte.gz")
+    assert not list((tmp_path / "results").glob("*/*/metrics.json"))
+
+
+def _epoch_rows(run_dir):
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=2000, num_test=100)
+    epochs = 12
+    args = [sys.executable, str(ROOT / "launch.py"), "--experiment=mnist_lenet",
+            f"--data_dir={folder}", f"--results_dir={tmp_path / 'results'}",
+            "--run_name=resume", f"--epochs={epochs}", "--batch_size=16", "--verbose=2"]
+    run_dir = tmp_path / "results" / "mnist_lenet" / "resume"
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not _epoch_rows(run_dir) and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("the run ended before it could be interrupted")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = _epoch_rows(run_dir)
+    assert done_before and len(done_before) < epochs
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    output = resumed.stdout + resumed.stderr
+    assert "Resuming run" in output
+    first_epoch = int(output.split("Epoch ")[1].split("/")[0])
+    assert first_epoch == len(done_before) + 1  # Keras counts from 1
+    assert "Epoch 1/" not in output  # no epoch was redone
+    rows = _epoch_rows(run_dir)
+    assert rows == list(range(epochs))  # each epoch exactly once
+    assert (run_dir / "metrics.json").exists()
