@@ -5,8 +5,9 @@
 batched, prefetched stream a model trains on.
 
 Where data comes from, in order:
-  1. `--data_dir` holding the original distribution files (for MNIST and
-     Fashion-MNIST the four IDX `.gz` files): read and validated here.
+  1. `--data_dir` holding the original distribution files (MNIST and
+     Fashion-MNIST IDX files, CIFAR-10's binary version): read and validated
+     by common/local_files.py.
   2. A prepared TFDS copy (in `--data_dir`, or TFDS' default folder).
   3. Without `--data_dir`: the folder Debian's dataset packages install to,
      /usr/share/datasets/<name>/ (`apt install dataset-fashion-mnist`).
@@ -18,16 +19,14 @@ same way for every source, so it never overlaps the training examples.
 """
 
 import dataclasses
-import gzip
-import os
 import pathlib
 import socket
-import struct
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from common import local_files
 from common.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -52,112 +51,10 @@ class Splits:
     source: str  # "tfds" or the folder the original files were read from
 
 
-# ---------------------------------------------------------------------------
-# Original files: MNIST and Fashion-MNIST IDX.
-
-_IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
-_IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _LocalFormat:
-    files: tuple[str, ...]          # file names (without .gz) that must exist
-    reader: Callable[[pathlib.Path], dict]  # folder -> {split: (x, y)}
-    num_classes: int
-
-
-def _read_bytes(path: pathlib.Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"corrupt data file {path}: {e}") from None
-
-
-def _find(folder: pathlib.Path, name: str) -> Optional[pathlib.Path]:
-    for candidate in (folder / f"{name}.gz", folder / name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
-    """Reads one IDX file, checking its magic number and its length."""
-    data = _read_bytes(path)
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise UserError(f"corrupt data file {path}: too short for an IDX header")
-    (found,) = struct.unpack(">I", data[:4])
-    if found != magic:
-        raise UserError(f"corrupt data file {path}: magic number {found:#010x}, "
-                        f"expected {magic:#010x}")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape))
-    if len(data) - header != expected:
-        raise UserError(f"corrupt data file {path}: header promises {shape} "
-                        f"({expected} bytes) but holds {len(data) - header}")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
-
-
-def _read_idx_folder(folder: pathlib.Path, num_classes: int = 10) -> dict:
-    splits = {}
-    for split, (images_name, labels_name) in _IDX_FILES.items():
-        images_path, labels_path = _find(folder, images_name), _find(folder, labels_name)
-        images = read_idx(images_path, _IDX_IMAGES_MAGIC)
-        labels = read_idx(labels_path, _IDX_LABELS_MAGIC)
-        if images.shape[1:] != (28, 28):
-            raise UserError(f"corrupt data file {images_path}: images are "
-                            f"{images.shape[1:]}, expected (28, 28)")
-        if len(images) != len(labels):
-            raise UserError(f"{images_path} holds {len(images)} images but "
-                            f"{labels_path} holds {len(labels)} labels")
-        if len(labels) and labels.max() >= num_classes:
-            raise UserError(f"corrupt data file {labels_path}: label "
-                            f"{labels.max()} outside 0..{num_classes - 1}")
-        splits[split] = (images[..., np.newaxis], labels.astype(np.int64))
-    return splits
-
-
-_IDX_FORMAT = _LocalFormat(
-    files=tuple(name for pair in _IDX_FILES.values() for name in pair),
-    reader=_read_idx_folder, num_classes=10)
-
-# Datasets with a reader for their original files. Other experiments add theirs.
-LOCAL_FORMATS: dict[str, _LocalFormat] = {
-    "mnist": _IDX_FORMAT,
-    "fashion_mnist": _IDX_FORMAT,
-}
-
-
-def _local_folder(name: str, folder: pathlib.Path) -> Optional[pathlib.Path]:
-    """The folder holding `name`'s original files (folder or folder/name)."""
-    fmt = LOCAL_FORMATS.get(name)
-    if fmt is None:
-        return None
-    for candidate in (folder, folder / name, folder / name.replace("_", "-")):
-        present = [f for f in fmt.files if _find(candidate, f)]
-        if present and len(present) < len(fmt.files):
-            missing = sorted(set(fmt.files) - set(present))
-            raise UserError(f"{candidate} has some of the {name} files but not "
-                            f"{missing[0]}(.gz)")
-        if present:
-            return candidate
-    return None
-
-
 def _system_folder(name: str) -> Optional[pathlib.Path]:
-    for candidate in (SYSTEM_DATASETS_DIR / name,
-                      SYSTEM_DATASETS_DIR / name.replace("_", "-")):
-        if candidate.is_dir() and _local_folder(name, candidate):
-            return candidate
-    return None
+    if not SYSTEM_DATASETS_DIR.is_dir():
+        return None
+    return local_files.locate(name, SYSTEM_DATASETS_DIR)
 
 
 def _carve_validation(num_examples: int, fraction: float) -> int:
@@ -165,8 +62,8 @@ def _carve_validation(num_examples: int, fraction: float) -> int:
 
 
 def _load_local(name: str, folder: pathlib.Path, validation_fraction: float) -> Splits:
-    fmt = LOCAL_FORMATS[name]
-    arrays = fmt.reader(folder)
+    fmt = local_files.LOCAL_FORMATS[name]
+    arrays = fmt.read(folder)
     x_train, y_train = arrays["train"]
     x_test, y_test = arrays["test"]
     num_val = _carve_validation(len(x_train), validation_fraction)
@@ -238,7 +135,7 @@ def load(name: str, data_dir: Optional[str] = None,
         folder = pathlib.Path(data_dir).expanduser()
         if not folder.is_dir():
             raise UserError(f"--data_dir {data_dir} does not exist")
-        local = _local_folder(name, folder)
+        local = local_files.locate(name, folder)
         if local is not None:
             return _load_local(name, local, validation_fraction)
     try:
@@ -261,16 +158,14 @@ def load(name: str, data_dir: Optional[str] = None,
 
 
 def _offline_message(name: str, data_dir: Optional[str]) -> str:
-    fmt = LOCAL_FORMATS.get(name)
+    fmt = local_files.LOCAL_FORMATS.get(name)
     where = f" in --data_dir {data_dir}" if data_dir else ""
+    message = (f"cannot download {name!r} through TFDS: no network, and no "
+               f"prepared TFDS copy{where}")
     if fmt is None:
-        return (f"cannot download {name!r} through TFDS: no network, and no "
-                f"prepared TFDS copy{where}")
-    files = ", ".join(f"{f}.gz" for f in fmt.files)
-    return (f"cannot download {name!r} through TFDS: no network, and no "
-            f"prepared TFDS copy{where}; offline, pass --data_dir=DIR holding "
-            f"the original files ({files}) or install them under "
-            f"{SYSTEM_DATASETS_DIR / name.replace('_', '-')}/")
+        return message
+    return (f"{message}; offline, pass --data_dir=DIR holding {fmt.description} "
+            f"or install them under {SYSTEM_DATASETS_DIR / name.replace('_', '-')}/")
 
 
 # ---------------------------------------------------------------------------
@@ -303,3 +198,13 @@ def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, training: bool,
                   num_parallel_calls=AUTOTUNE)
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def pad_crop_flip(image: tf.Tensor, label: tf.Tensor, pad: int = 4):
+    """The standard CIFAR augmentation: zero-pad by `pad`, crop back to the
+    original size at a random place, flip left-right half of the time."""
+    height, width = image.shape[0], image.shape[1]
+    image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad,
+                                         width + 2 * pad)
+    image = tf.image.random_crop(image, [height, width, image.shape[-1]])
+    return tf.image.random_flip_left_right(image), label

@@ -8,10 +8,12 @@ a CSV history, TensorBoard scalars and HParams, EarlyStopping when asked.
 """
 
 import dataclasses
+import functools
 import pathlib
+import shutil
 import statistics
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -39,6 +41,7 @@ class RunOptions:
     batch_size: Optional[int] = None
     hparams: tuple[str, ...] = ()
     dataset: Optional[str] = None
+    weights: Optional[str] = None
     data_dir: Optional[str] = None
     results_dir: str = "results"
     run_name: Optional[str] = None
@@ -49,12 +52,15 @@ class RunOptions:
 def resolve_config(experiment, options: RunOptions) -> dict[str, Any]:
     """The experiment's defaults, then --hparams, then the dedicated flags."""
     config = hparams_lib.override(experiment.get_config(), options.hparams)
-    for name in ("epochs", "batch_size", "dataset"):
+    for name in ("epochs", "batch_size", "dataset", "weights"):
         value = getattr(options, name)
-        if value is not None:
-            config[name] = value
-    if config["epochs"] <= 0:
-        raise UserError(f"epochs must be positive, got {config['epochs']}")
+        if value is None:
+            continue
+        if name not in config:
+            raise UserError(f"experiment {options.experiment!r} has no {name!r} "
+                            f"hyperparameter, so --{name} does not apply; its "
+                            f"hyperparameters: {', '.join(sorted(config))}")
+        config[name] = value
     return config
 
 
@@ -80,10 +86,9 @@ class EpochTimer(tf_keras.callbacks.Callback):
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate(config: dict, total_steps: int):
-    """The configured rate, constant or decayed to 0 by a cosine over the run."""
+def learning_rate(config: dict, rate: float, total_steps: int):
+    """`rate`, constant or decayed to 0 by a cosine over `total_steps`."""
     schedule = config.get("lr_schedule", "constant")
-    rate = config["learning_rate"]
     if schedule == "constant":
         return rate
     if schedule == "cosine":
@@ -92,9 +97,10 @@ def learning_rate(config: dict, total_steps: int):
                     f"{', '.join(LR_SCHEDULES)}")
 
 
-def build_optimizer(config: dict, total_steps: int) -> tf_keras.optimizers.Optimizer:
+def build_optimizer(config: dict, rate: float,
+                    total_steps: int) -> tf_keras.optimizers.Optimizer:
     name = config["optimizer"].lower()
-    rate = learning_rate(config, total_steps)
+    rate = learning_rate(config, rate, total_steps)
     if name == "adam":
         return tf_keras.optimizers.Adam(rate)
     if name == "adamw":
@@ -107,20 +113,49 @@ def build_optimizer(config: dict, total_steps: int) -> tf_keras.optimizers.Optim
                     f"{', '.join(OPTIMIZERS)}")
 
 
-def compile_model(model: tf_keras.Model, config: dict, total_steps: int) -> None:
+def compile_model(model: tf_keras.Model, config: dict, rate: float,
+                  total_steps: int) -> None:
     model.compile(
-        optimizer=build_optimizer(config, total_steps),
+        optimizer=build_optimizer(config, rate, total_steps),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
 
 
-def _callbacks(run_dir: pathlib.Path, config: dict, run_name: str,
+@dataclasses.dataclass
+class Phase:
+    """A stretch of training with its own trainable layers and learning rate.
+
+    `prepare(model, config)` runs before the phase compiles (for example to
+    unfreeze layers). Phases run back to back in one run: one history, one
+    TensorBoard timeline with continuous epoch numbers.
+    """
+    name: str
+    epochs: int
+    learning_rate: float
+    prepare: Optional[Callable[[tf_keras.Model, dict], None]] = None
+
+
+def phases_of(experiment, config: dict) -> list[Phase]:
+    """The experiment's phases, or one phase of `epochs` at `learning_rate`."""
+    if hasattr(experiment, "phases"):
+        phases = experiment.phases(config)
+    else:
+        phases = [Phase("train", config["epochs"], config["learning_rate"])]
+    for phase in phases:
+        if phase.epochs < 0:
+            raise UserError(f"phase {phase.name!r} has {phase.epochs} epochs")
+    if sum(p.epochs for p in phases) <= 0:
+        raise UserError("nothing to train: every phase has 0 epochs")
+    return phases
+
+
+def _callbacks(run_dir: pathlib.Path, config: dict, backup_dir: pathlib.Path,
                images_per_epoch: int) -> list:
-    logs = run_dir / "logs"
     callbacks = [
         # First: a CSV row for epoch k then implies a backup of epoch k, so a
-        # resumed run never repeats an epoch the history already shows.
-        tf_keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        # resumed run never repeats an epoch the history already shows. The
+        # runner deletes the backup itself, once what follows is safe on disk.
+        tf_keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
         EpochTimer(images_per_epoch),
         tf_keras.callbacks.TerminateOnNaN(),
     ]
@@ -130,14 +165,19 @@ def _callbacks(run_dir: pathlib.Path, config: dict, run_name: str,
             restore_best_weights=True))
     callbacks += [
         tf_keras.callbacks.CSVLogger(str(run_dir / results.HISTORY_FILE), append=True),
-        tf_keras.callbacks.TensorBoard(str(logs)),
-        hp.KerasCallback(str(logs), _hparams_for_tensorboard(config), trial_id=run_name),
+        tf_keras.callbacks.TensorBoard(str(run_dir / "logs")),
     ]
     return callbacks
 
 
-def _hparams_for_tensorboard(config: dict) -> dict:
-    return {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
+def _write_hparams(run_dir: pathlib.Path, config: dict, run_name: str) -> None:
+    """The run's hyperparameters for TensorBoard's HParams dashboard; its
+    metrics are the epoch_* scalars of train/, validation/ and test/."""
+    values = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
+    writer = tf.summary.create_file_writer(str(run_dir / "logs"))
+    with writer.as_default():
+        hp.hparams(values, trial_id=run_name)
+    writer.close()
 
 
 def _write_test_scalars(run_dir: pathlib.Path, step: int, test: dict) -> None:
@@ -158,7 +198,7 @@ def _load_data(experiment, config: dict, data_dir: Optional[str]) -> data.Splits
 def _pipelines(experiment, splits: data.Splits, batch_size: int, seed: int, config):
     augment = getattr(experiment, "augment", None)
     if augment is not None:
-        augment = lambda image, label, _f=augment: _f(image, label, config)  # noqa: E731
+        augment = functools.partial(_call_augment, augment, config)
     train = data.make_pipeline(splits.train, batch_size, training=True,
                                num_examples=splits.num_train, seed=seed, augment=augment)
     validation = data.make_pipeline(splits.validation, batch_size, training=False,
@@ -166,6 +206,10 @@ def _pipelines(experiment, splits: data.Splits, batch_size: int, seed: int, conf
     test = data.make_pipeline(splits.test, batch_size, training=False,
                               num_examples=splits.num_test)
     return train, validation, test
+
+
+def _call_augment(augment, config, image, label):
+    return augment(image, label, config)
 
 
 def run(options: RunOptions) -> dict[str, Any]:
@@ -184,9 +228,14 @@ def run(options: RunOptions) -> dict[str, Any]:
     return train(experiment, options, config, strategy)
 
 
+def _phase_dir(run_dir: pathlib.Path, phase: Phase) -> pathlib.Path:
+    return run_dir / "phases" / phase.name
+
+
 def train(experiment, options: RunOptions, config: dict,
           strategy: tf.distribute.Strategy) -> dict[str, Any]:
     tf_keras.utils.set_random_seed(options.seed)
+    phases = phases_of(experiment, config)
     splits = _load_data(experiment, config, options.data_dir)
     batch_size = config["batch_size"]
     steps_per_epoch = splits.num_train // batch_size
@@ -195,6 +244,10 @@ def train(experiment, options: RunOptions, config: dict,
                         f"than one global batch of {batch_size}")
     train_ds, val_ds, test_ds = _pipelines(experiment, splits, batch_size,
                                            options.seed, config)
+    # Built before the run folder exists, so that a model that cannot be
+    # built (weights missing, no network) leaves no folder behind.
+    with strategy.scope():
+        model = experiment.build_model(config, splits.image_shape, splits.num_classes)
 
     run_dir, resuming = results.claim_run_dir(
         options.results_dir, options.experiment, options.run_name, config)
@@ -204,23 +257,21 @@ def train(experiment, options: RunOptions, config: dict,
     logging.info("%s run %s (%s, %d replica(s)); to resume after an interruption: "
                  "--run_name=%s", "Resuming" if resuming else "Starting", run_dir,
                  strategy_label, replicas, run_name)
-    results.write_json_atomic(run_dir / results.CONFIG_FILE, {
-        "experiment": options.experiment,
-        "hparams": config,
-        "flags": dataclasses.asdict(options),
-        "data_source": splits.source,
-        "num_replicas": replicas,
-        "strategy": strategy_label,
-        "versions": results.library_versions(),
-    })
+    if not (run_dir / results.CONFIG_FILE).exists():
+        results.write_json_atomic(run_dir / results.CONFIG_FILE, {
+            "experiment": options.experiment,
+            "hparams": config,
+            "flags": dataclasses.asdict(options),
+            "data_source": splits.source,
+            "num_replicas": replicas,
+            "strategy": strategy_label,
+            "versions": results.library_versions(),
+        })
+        _write_hparams(run_dir, config, run_name)
 
-    with strategy.scope():
-        model = experiment.build_model(config, splits.image_shape, splits.num_classes)
-        compile_model(model, config, steps_per_epoch * config["epochs"])
-    callbacks = _callbacks(run_dir, config, run_name, steps_per_epoch * batch_size)
     start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=config["epochs"],
-              callbacks=callbacks, verbose=options.verbose)
+    phase_records = _fit_phases(model, phases, config, strategy, run_dir,
+                                train_ds, val_ds, steps_per_epoch, options.verbose)
     train_seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
 
@@ -229,10 +280,11 @@ def train(experiment, options: RunOptions, config: dict,
     model_path = run_dir / "model" / "model.keras"
     model_path.parent.mkdir(exist_ok=True)
     model.save(model_path)
-    backup = run_dir / "backup"
-    if backup.is_dir() and not any(backup.iterdir()):
-        backup.rmdir()  # BackupAndRestore empties it once training finished.
 
+    by_epoch = {row["epoch"]: row for row in history}
+    for record in phase_records:
+        last = by_epoch.get(record["last_epoch"], {})
+        record["final_validation"] = {k: v for k, v in last.items() if k.startswith("val_")}
     seconds = [row["epoch_seconds"] for row in history if "epoch_seconds" in row]
     rates = [row["images_per_second"] for row in history if "images_per_second" in row]
     metrics = {
@@ -245,11 +297,11 @@ def train(experiment, options: RunOptions, config: dict,
         "num_replicas": replicas,
         "global_batch_size": batch_size,
         "epochs": len(history),
+        "phases": phase_records,
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
         "num_test_examples": splits.num_test,
-        "final_validation": {k: v for k, v in (history[-1] if history else {}).items()
-                             if k.startswith("val_")},
+        "final_validation": phase_records[-1]["final_validation"],
         "seconds_per_epoch": seconds,
         # Steady state: the first epoch includes graph tracing.
         "train_images_per_second": statistics.median(rates[1:] or rates) if rates else None,
@@ -258,9 +310,59 @@ def train(experiment, options: RunOptions, config: dict,
         "model_path": str(model_path.relative_to(run_dir)),
     }
     results.write_json_atomic(run_dir / results.METRICS_FILE, metrics)
+    # Only now is the run safe on disk: drop what resuming needed.
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    shutil.rmtree(run_dir / "phases", ignore_errors=True)
     logging.info("Finished %s: test accuracy %.4f, test loss %.4f", run_dir,
                  test_accuracy, test_loss)
     return metrics
+
+
+def _fit_phases(model, phases, config, strategy, run_dir, train_ds, val_ds,
+                steps_per_epoch, verbose) -> list[dict]:
+    """Runs the phases in order, skipping those a previous invocation finished.
+
+    A finished phase (but the last) leaves its weights and a `done.json`
+    marker in phases/<name>/, so a run killed in phase k resumes in phase k
+    with phase k's trainable layers and learning rate, from its backup.
+    """
+    records, epoch, finished_weights = [], 0, None
+    for index, phase in enumerate(phases):
+        first, end = epoch, epoch + phase.epochs
+        epoch = end
+        records.append({"name": phase.name, "first_epoch": first, "last_epoch": end - 1,
+                        "learning_rate": phase.learning_rate})
+        if phase.epochs == 0:
+            continue
+        phase_dir = _phase_dir(run_dir, phase)
+        is_last = index == len(phases) - 1
+        if not is_last and (phase_dir / "done.json").exists():
+            finished_weights = phase_dir / "weights"
+            logging.info("Phase %s already finished (epochs %d-%d)", phase.name,
+                         first + 1, end)
+            continue
+        with strategy.scope():
+            if finished_weights is not None:
+                model.load_weights(str(finished_weights)).expect_partial()
+                finished_weights = None
+            if phase.prepare is not None:
+                phase.prepare(model, config)
+            compile_model(model, config, phase.learning_rate, steps_per_epoch * phase.epochs)
+        if len(phases) > 1:
+            logging.info("Phase %s: epochs %d-%d, learning rate %g, %d trainable weights",
+                         phase.name, first + 1, end, phase.learning_rate,
+                         len(model.trainable_weights))
+        backup_dir = run_dir / "backup" / phase.name
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end,
+                  callbacks=_callbacks(run_dir, config, backup_dir,
+                                       steps_per_epoch * config["batch_size"]),
+                  verbose=verbose)
+        if not is_last:
+            phase_dir.mkdir(parents=True, exist_ok=True)
+            model.save_weights(str(phase_dir / "weights"))
+            results.write_json_atomic(phase_dir / "done.json", records[-1])
+            shutil.rmtree(backup_dir, ignore_errors=True)
+    return records
 
 
 def evaluate(experiment, options: RunOptions, config: dict,

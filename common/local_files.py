@@ -1,0 +1,208 @@
+"""Readers for datasets' original distribution files, with validation.
+
+TFDS' own manual_dir route rejects re-compressed or repackaged copies (its
+checksums differ), and offline users have exactly such copies, so the files
+are read here: MNIST / Fashion-MNIST IDX (`*-idx?-ubyte[.gz]`) and CIFAR-10's
+binary version (`cifar-10-binary.tar.gz` or its `cifar-10-batches-bin/`).
+
+Each reader returns {"train": (images uint8 [N, H, W, C], labels int64 [N]),
+"test": (...)}; a missing, truncated or inconsistent file is a UserError
+naming the file.
+"""
+
+import dataclasses
+import gzip
+import io
+import pathlib
+import struct
+import tarfile
+from typing import Callable, Optional
+
+import numpy as np
+
+from common.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalFormat:
+    """How to find and read one dataset's original files."""
+    locate: Callable[[pathlib.Path], Optional[pathlib.Path]]  # None: not there
+    read: Callable[[pathlib.Path], dict]
+    num_classes: int
+    description: str  # what a user must provide, for error messages
+
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"corrupt data file {path}: {e}") from None
+
+
+def _find(folder: pathlib.Path, name: str) -> Optional[pathlib.Path]:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    if len(labels) and labels.max() >= num_classes:
+        raise UserError(f"corrupt data file {where}: label {labels.max()} "
+                        f"outside 0..{num_classes - 1}")
+
+
+# ---------------------------------------------------------------------------
+# MNIST and Fashion-MNIST: IDX files.
+
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_NAMES = tuple(name for pair in _IDX_FILES.values() for name in pair)
+
+
+def read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
+    """Reads one IDX file, checking its magic number and its length."""
+    data = _read_bytes(path)
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UserError(f"corrupt data file {path}: too short for an IDX header")
+    (found,) = struct.unpack(">I", data[:4])
+    if found != magic:
+        raise UserError(f"corrupt data file {path}: magic number {found:#010x}, "
+                        f"expected {magic:#010x}")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise UserError(f"corrupt data file {path}: header promises {shape} "
+                        f"({expected} bytes) but holds {len(data) - header}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _locate_idx(folder: pathlib.Path) -> Optional[pathlib.Path]:
+    present = [name for name in _IDX_NAMES if _find(folder, name)]
+    if present and len(present) < len(_IDX_NAMES):
+        missing = sorted(set(_IDX_NAMES) - set(present))
+        raise UserError(f"{folder} has some of the IDX files but not {missing[0]}(.gz)")
+    return folder if present else None
+
+
+def _read_idx_folder(folder: pathlib.Path) -> dict:
+    splits = {}
+    for split, (images_name, labels_name) in _IDX_FILES.items():
+        images_path, labels_path = _find(folder, images_name), _find(folder, labels_name)
+        images = read_idx(images_path, IDX_IMAGES_MAGIC)
+        labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+        if images.shape[1:] != (28, 28):
+            raise UserError(f"corrupt data file {images_path}: images are "
+                            f"{images.shape[1:]}, expected (28, 28)")
+        if len(images) != len(labels):
+            raise UserError(f"{images_path} holds {len(images)} images but "
+                            f"{labels_path} holds {len(labels)} labels")
+        _check_labels(labels, 10, str(labels_path))
+        splits[split] = (images[..., np.newaxis], labels.astype(np.int64))
+    return splits
+
+
+IDX = LocalFormat(
+    locate=_locate_idx, read=_read_idx_folder, num_classes=10,
+    description="the original files (" + ", ".join(f"{n}.gz" for n in _IDX_NAMES) + ")")
+
+
+# ---------------------------------------------------------------------------
+# CIFAR-10, binary version: records of 1 label byte + 3x32x32 pixel bytes
+# (red plane, green plane, blue plane, each row-major).
+
+CIFAR10_RECORD = 1 + 3 * 32 * 32
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+_CIFAR10_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+
+
+def _locate_cifar10(folder: pathlib.Path) -> Optional[pathlib.Path]:
+    for candidate in (folder / CIFAR10_FOLDER, folder / CIFAR10_ARCHIVE):
+        if candidate.exists():
+            return candidate
+    if (folder / "test_batch.bin").is_file() or (folder / "data_batch_1.bin").is_file():
+        return folder  # pointed straight at the extracted folder
+    return None
+
+
+def parse_cifar10_records(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes CIFAR-10 binary records into NHWC uint8 images and labels."""
+    if not data or len(data) % CIFAR10_RECORD:
+        raise UserError(f"corrupt data file {where}: {len(data)} bytes is not a "
+                        f"whole number of {CIFAR10_RECORD}-byte records")
+    records = np.frombuffer(data, np.uint8).reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    _check_labels(labels, 10, where)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _cifar10_members(path: pathlib.Path) -> dict[str, bytes]:
+    """File name -> bytes, from the extracted folder or the archive."""
+    wanted = {name for names in _CIFAR10_FILES.values() for name in names}
+    if path.is_dir():
+        return {name: (path / name).read_bytes() for name in wanted
+                if (path / name).is_file()}
+    members = {}
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            for member in archive.getmembers():
+                name = pathlib.PurePosixPath(member.name).name
+                if member.isfile() and name in wanted:
+                    members[name] = archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"corrupt data file {path}: {e}") from None
+    return members
+
+
+def _read_cifar10(path: pathlib.Path) -> dict:
+    members = _cifar10_members(path)
+    splits = {}
+    for split, names in _CIFAR10_FILES.items():
+        parts = []
+        for name in names:
+            if name not in members:
+                raise UserError(f"{path} lacks {name}")
+            parts.append(parse_cifar10_records(members[name], f"{path}/{name}"))
+        splits[split] = (np.concatenate([p[0] for p in parts]),
+                         np.concatenate([p[1] for p in parts]))
+    return splits
+
+
+CIFAR10 = LocalFormat(
+    locate=_locate_cifar10, read=_read_cifar10, num_classes=10,
+    description=f"{CIFAR10_ARCHIVE} or its extracted {CIFAR10_FOLDER}/")
+
+# Datasets with a reader for their original files.
+LOCAL_FORMATS: dict[str, LocalFormat] = {
+    "mnist": IDX,
+    "fashion_mnist": IDX,
+    "cifar10": CIFAR10,
+}
+
+
+def locate(name: str, folder: pathlib.Path) -> Optional[pathlib.Path]:
+    """Where `name`'s original files are: in `folder` or a sub-folder named
+    after the dataset (`fashion_mnist` or Debian's `fashion-mnist`)."""
+    fmt = LOCAL_FORMATS.get(name)
+    if fmt is None:
+        return None
+    for candidate in (folder, folder / name, folder / name.replace("_", "-")):
+        if candidate.is_dir():
+            found = fmt.locate(candidate)
+            if found is not None:
+                return found
+    return None
