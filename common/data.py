@@ -84,7 +84,7 @@ def _load_local(name: str, folder: pathlib.Path, validation_fraction: float) -> 
 # ---------------------------------------------------------------------------
 # TensorFlow Datasets.
 
-def _network_available(host: str = DOWNLOAD_HOST) -> bool:
+def network_available(host: str = DOWNLOAD_HOST) -> bool:
     """Whether the download host resolves; fails at once with no network."""
     try:
         socket.getaddrinfo(host, 443)
@@ -147,7 +147,7 @@ def load(name: str, data_dir: Optional[str] = None,
         system = _system_folder(name)
         if system is not None:
             return _load_local(name, system, validation_fraction)
-    if not _network_available():
+    if not network_available():
         raise UserError(_offline_message(name, data_dir))
     try:
         return _tfds_splits(name, data_dir, validation_fraction, download=True)

@@ -1,8 +1,10 @@
 """Fixture files in the datasets' original formats, written by the tests."""
 
 import gzip
+import io
 import pathlib
 import struct
+import tarfile
 
 import numpy as np
 
@@ -38,3 +40,33 @@ def write_idx_dataset(folder: pathlib.Path, num_train: int = 600,
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(idx_bytes(labels, LABELS_MAGIC))
     return folder
+
+
+def write_cifar10_batches(folder: pathlib.Path, records_per_batch: int = 40,
+                          seed: int = 0, archive: bool = False) -> pathlib.Path:
+    """Writes CIFAR-10's binary version (5 data batches and a test batch) as
+    `cifar-10-batches-bin/` under `folder`, or as `cifar-10-binary.tar.gz`.
+    Images carry a colour hint of their class."""
+
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, size=records_per_batch).astype(np.uint8)
+        images = rng.integers(0, 80, size=(records_per_batch, 3, 32, 32)).astype(np.uint8)
+        images[np.arange(records_per_batch), labels % 3] += 150  # channel hint
+        records = np.concatenate([labels[:, None], images.reshape(records_per_batch, -1)], 1)
+        batches[name] = records.tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    if archive:
+        path = folder / "cifar-10-binary.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name, payload in batches.items():
+                info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        return path
+    out = folder / "cifar-10-batches-bin"
+    out.mkdir(exist_ok=True)
+    for name, payload in batches.items():
+        (out / name).write_bytes(payload)
+    return out

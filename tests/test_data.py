@@ -112,7 +112,7 @@ def _not_prepared(*args, download, **kwargs):
 
 
 def test_no_network_fails_at_once_naming_the_local_alternative(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_network_available", lambda *a: False)
+    monkeypatch.setattr(data, "network_available", lambda *a: False)
     with pytest.raises(UserError) as raised:
         data.load("mnist", data_dir=str(tmp_path))
     message = str(raised.value)

@@ -1,0 +1,44 @@
+"""VGG16 (ImageNet weights) transferred to CIFAR-10, in two phases.
+
+Phase 1 trains a new head on the frozen VGG16 base; phase 2 unfreezes the
+base from `unfreeze_from` (default: block 5) and fine-tunes at a low rate.
+
+Run (downloads CIFAR-10 through TFDS and the ImageNet weights through Keras):
+    python launch.py --experiment=cifar_vgg_transfer --strategy=mirrored
+Air-gapped (CIFAR-10's binary version and the weights file copied over):
+    python launch.py --experiment=cifar_vgg_transfer --strategy=mirrored \\
+        --data_dir=/data/cifar10 \\
+        --weights=/data/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
+(/data/cifar10 holds cifar-10-binary.tar.gz or its cifar-10-batches-bin/.)
+
+Expected: NOT MEASURED HERE. Neither CIFAR-10 nor the ImageNet weights can
+be downloaded on the machine this project is developed on (no internet, no
+GPU), so no accuracy of this configuration has been measured by this code.
+The figure to expect comes from elsewhere: the Keras VGG16 transfer at 32x32
+in github.com/royhuang9/transfer_learning reports validation accuracy of
+about 0.64 with the base frozen (our phase 1) and about 0.80 after
+fine-tuning (our phase 2). Upsampled inputs (input_size=64 or 96) should do
+better, since VGG's features were learned at 224x224; also unmeasured here.
+"""
+
+
+def get_config() -> dict:
+    return {
+        "dataset": "cifar10",
+        "validation_fraction": 0.1,       # carved from the end of train
+        "batch_size": 64,                 # global, split across replicas
+        "input_size": 32,                 # upsample to this (64, 96: better features)
+        "weights": "imagenet",            # imagenet | none | path to the notop .h5
+        "augment": True,                  # pad-and-crop + flip, training only
+        "augment_pad": 4,
+        "head_units": 256,
+        "head_dropout": 0.5,
+        "optimizer": "adam",
+        "lr_schedule": "constant",
+        "phase1_epochs": 5,               # base frozen, head trained
+        "phase1_learning_rate": 1e-3,
+        "phase2_epochs": 5,               # base unfrozen from unfreeze_from
+        "phase2_learning_rate": 1e-5,
+        "unfreeze_from": "block5_conv1",  # first VGG16 layer trained in phase 2
+        "early_stopping_patience": 0,     # 0: off
+    }
