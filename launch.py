@@ -34,6 +34,8 @@ flags.DEFINE_list("hparams", [], "Hyperparameter overrides: name=value,name=valu
 flags.DEFINE_string("dataset", None, "Override the experiment's dataset (a TFDS name).")
 flags.DEFINE_string("weights", None, "Pretrained weights, for experiments that take "
                     "them: imagenet, none, or the path of a local weights file.")
+flags.DEFINE_string("init_from", None, "A finished run folder (results/<experiment>/<run>) "
+                    "whose model an experiment starts from (pruning_qat).")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir, or a folder of the original files.")
 flags.DEFINE_string("results_dir", "results", "Where run folders are created.")
 flags.DEFINE_string("run_name", None, "Run folder name; an unfinished run of that "
@@ -56,7 +58,8 @@ def main(argv):
         experiment=FLAGS.experiment, strategy=FLAGS.strategy, tpu=FLAGS.tpu,
         device=FLAGS.device, num_cpu_devices=FLAGS.num_cpu_devices, mode=FLAGS.mode,
         epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, hparams=tuple(FLAGS.hparams),
-        dataset=FLAGS.dataset, weights=FLAGS.weights, data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
+        dataset=FLAGS.dataset, weights=FLAGS.weights,
+        init_from=FLAGS.init_from, data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose)
     try:
         training.run(options)

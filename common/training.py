@@ -13,7 +13,7 @@ import pathlib
 import shutil
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
@@ -42,6 +42,7 @@ class RunOptions:
     hparams: tuple[str, ...] = ()
     dataset: Optional[str] = None
     weights: Optional[str] = None
+    init_from: Optional[str] = None
     data_dir: Optional[str] = None
     results_dir: str = "results"
     run_name: Optional[str] = None
@@ -52,7 +53,7 @@ class RunOptions:
 def resolve_config(experiment, options: RunOptions) -> dict[str, Any]:
     """The experiment's defaults, then --hparams, then the dedicated flags."""
     config = hparams_lib.override(experiment.get_config(), options.hparams)
-    for name in ("epochs", "batch_size", "dataset", "weights"):
+    for name in ("epochs", "batch_size", "dataset", "weights", "init_from"):
         value = getattr(options, name)
         if value is None:
             continue
@@ -225,7 +226,120 @@ def run(options: RunOptions) -> dict[str, Any]:
     strategy_lib.check_global_batch(config["batch_size"], strategy)
     if options.mode == "eval":
         return evaluate(experiment, options, config, strategy)
+    tf_keras.utils.set_random_seed(options.seed)
+    if hasattr(experiment, "train"):  # an experiment with a flow of its own
+        return experiment.train(Run.prepare(experiment, options, config, strategy))
     return train(experiment, options, config, strategy)
+
+
+@dataclasses.dataclass
+class Run:
+    """One run's data, strategy and folder: what any training flow needs.
+
+    `prepare()` loads the data and builds the pipelines; `start()` claims the
+    run folder (call it once the model is known to build, so a mistake leaves
+    no folder behind); `fit()` trains with the standard callbacks; `finish()`
+    writes metrics.json last and drops what resuming needed.
+    """
+    experiment_name: str
+    options: RunOptions
+    config: dict
+    strategy: tf.distribute.Strategy
+    splits: data.Splits
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset
+    test_ds: tf.data.Dataset
+    steps_per_epoch: int
+    run_dir: Optional[pathlib.Path] = None
+    resuming: bool = False
+    started_at: float = 0.0
+
+    @classmethod
+    def prepare(cls, experiment, options: RunOptions, config: dict,
+                strategy: tf.distribute.Strategy) -> "Run":
+        splits = _load_data(experiment, config, options.data_dir)
+        batch_size = config["batch_size"]
+        steps_per_epoch = splits.num_train // batch_size
+        if steps_per_epoch == 0:
+            raise UserError(f"the training split has {splits.num_train} examples, "
+                            f"fewer than one global batch of {batch_size}")
+        train_ds, val_ds, test_ds = _pipelines(experiment, splits, batch_size,
+                                               options.seed, config)
+        return cls(options.experiment, options, config, strategy, splits, train_ds,
+                   val_ds, test_ds, steps_per_epoch)
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    def start(self) -> pathlib.Path:
+        self.run_dir, self.resuming = results.claim_run_dir(
+            self.options.results_dir, self.experiment_name, self.options.run_name,
+            self.config)
+        label = strategy_lib.strategy_name(self.strategy)
+        logging.info("%s run %s (%s, %d replica(s)); to resume after an interruption: "
+                     "--run_name=%s", "Resuming" if self.resuming else "Starting",
+                     self.run_dir, label, self.replicas, self.run_dir.name)
+        if not (self.run_dir / results.CONFIG_FILE).exists():
+            results.write_json_atomic(self.run_dir / results.CONFIG_FILE, {
+                "experiment": self.experiment_name,
+                "hparams": self.config,
+                "flags": dataclasses.asdict(self.options),
+                "data_source": self.splits.source,
+                "num_replicas": self.replicas,
+                "strategy": label,
+                "versions": results.library_versions(),
+            })
+            _write_hparams(self.run_dir, self.config, self.run_dir.name)
+        self.started_at = time.perf_counter()
+        return self.run_dir
+
+    def fit(self, model: tf_keras.Model, first_epoch: int, end_epoch: int,
+            backup_name: str, extra_callbacks: Sequence = ()) -> None:
+        """Trains epochs [first_epoch, end_epoch) with the standard callbacks
+        and a backup of its own, so the same command resumes inside it."""
+        callbacks = _callbacks(self.run_dir, self.config, self.run_dir / "backup" / backup_name,
+                               self.steps_per_epoch * self.config["batch_size"])
+        model.fit(self.train_ds, validation_data=self.val_ds, initial_epoch=first_epoch,
+                  epochs=end_epoch, callbacks=callbacks + list(extra_callbacks),
+                  verbose=self.options.verbose)
+
+    def drop_backup(self, backup_name: str) -> None:
+        shutil.rmtree(self.run_dir / "backup" / backup_name, ignore_errors=True)
+
+    def finish(self, test: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+        """Writes the test scalars and metrics.json (last, atomically)."""
+        history = results.read_history(self.run_dir)
+        _write_test_scalars(self.run_dir, len(history), test)
+        seconds = [row["epoch_seconds"] for row in history if "epoch_seconds" in row]
+        rates = [row["images_per_second"] for row in history if "images_per_second" in row]
+        metrics = {
+            "experiment": self.experiment_name,
+            "run": self.run_dir.name,
+            "status": "completed",
+            "dataset": self.config["dataset"],
+            "data_source": self.splits.source,
+            "strategy": strategy_lib.strategy_name(self.strategy),
+            "num_replicas": self.replicas,
+            "global_batch_size": self.config["batch_size"],
+            "epochs": len(history),
+            "test_accuracy": float(test["accuracy"]),
+            "test_loss": float(test["loss"]),
+            "num_test_examples": self.splits.num_test,
+            "seconds_per_epoch": seconds,
+            # Steady state: the first epoch includes graph tracing.
+            "train_images_per_second": statistics.median(rates[1:] or rates) if rates else None,
+            "seconds_this_invocation": time.perf_counter() - self.started_at,
+            "history": history,
+            **extra,
+        }
+        results.write_json_atomic(self.run_dir / results.METRICS_FILE, metrics)
+        # Only now is the run safe on disk: drop what resuming needed.
+        for leftover in ("backup", "phases", "stages"):
+            shutil.rmtree(self.run_dir / leftover, ignore_errors=True)
+        logging.info("Finished %s: test accuracy %.4f, test loss %.4f", self.run_dir,
+                     test["accuracy"], test["loss"])
+        return metrics
 
 
 def _phase_dir(run_dir: pathlib.Path, phase: Phase) -> pathlib.Path:
@@ -234,92 +348,33 @@ def _phase_dir(run_dir: pathlib.Path, phase: Phase) -> pathlib.Path:
 
 def train(experiment, options: RunOptions, config: dict,
           strategy: tf.distribute.Strategy) -> dict[str, Any]:
-    tf_keras.utils.set_random_seed(options.seed)
+    """The standard flow: build, train the phases, evaluate, save."""
     phases = phases_of(experiment, config)
-    splits = _load_data(experiment, config, options.data_dir)
-    batch_size = config["batch_size"]
-    steps_per_epoch = splits.num_train // batch_size
-    if steps_per_epoch == 0:
-        raise UserError(f"the training split has {splits.num_train} examples, fewer "
-                        f"than one global batch of {batch_size}")
-    train_ds, val_ds, test_ds = _pipelines(experiment, splits, batch_size,
-                                           options.seed, config)
+    run = Run.prepare(experiment, options, config, strategy)
     # Built before the run folder exists, so that a model that cannot be
     # built (weights missing, no network) leaves no folder behind.
     with strategy.scope():
-        model = experiment.build_model(config, splits.image_shape, splits.num_classes)
-
-    run_dir, resuming = results.claim_run_dir(
-        options.results_dir, options.experiment, options.run_name, config)
-    run_name = run_dir.name
-    replicas = strategy.num_replicas_in_sync
-    strategy_label = strategy_lib.strategy_name(strategy)
-    logging.info("%s run %s (%s, %d replica(s)); to resume after an interruption: "
-                 "--run_name=%s", "Resuming" if resuming else "Starting", run_dir,
-                 strategy_label, replicas, run_name)
-    if not (run_dir / results.CONFIG_FILE).exists():
-        results.write_json_atomic(run_dir / results.CONFIG_FILE, {
-            "experiment": options.experiment,
-            "hparams": config,
-            "flags": dataclasses.asdict(options),
-            "data_source": splits.source,
-            "num_replicas": replicas,
-            "strategy": strategy_label,
-            "versions": results.library_versions(),
-        })
-        _write_hparams(run_dir, config, run_name)
-
-    start = time.perf_counter()
-    phase_records = _fit_phases(model, phases, config, strategy, run_dir,
-                                train_ds, val_ds, steps_per_epoch, options.verbose)
-    train_seconds = time.perf_counter() - start
-    test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-
-    history = results.read_history(run_dir)
-    _write_test_scalars(run_dir, len(history), {"loss": test_loss, "accuracy": test_accuracy})
+        model = experiment.build_model(config, run.splits.image_shape,
+                                       run.splits.num_classes)
+    run_dir = run.start()
+    phase_records = _fit_phases(run, model, phases)
+    test_loss, test_accuracy = model.evaluate(run.test_ds, verbose=0)
     model_path = run_dir / "model" / "model.keras"
     model_path.parent.mkdir(exist_ok=True)
     model.save(model_path)
 
-    by_epoch = {row["epoch"]: row for row in history}
+    by_epoch = {row["epoch"]: row for row in results.read_history(run_dir)}
     for record in phase_records:
         last = by_epoch.get(record["last_epoch"], {})
         record["final_validation"] = {k: v for k, v in last.items() if k.startswith("val_")}
-    seconds = [row["epoch_seconds"] for row in history if "epoch_seconds" in row]
-    rates = [row["images_per_second"] for row in history if "images_per_second" in row]
-    metrics = {
-        "experiment": options.experiment,
-        "run": run_name,
-        "status": "completed",
-        "dataset": config["dataset"],
-        "data_source": splits.source,
-        "strategy": strategy_label,
-        "num_replicas": replicas,
-        "global_batch_size": batch_size,
-        "epochs": len(history),
+    return run.finish({"loss": test_loss, "accuracy": test_accuracy}, {
         "phases": phase_records,
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
-        "num_test_examples": splits.num_test,
         "final_validation": phase_records[-1]["final_validation"],
-        "seconds_per_epoch": seconds,
-        # Steady state: the first epoch includes graph tracing.
-        "train_images_per_second": statistics.median(rates[1:] or rates) if rates else None,
-        "train_seconds_this_invocation": train_seconds,
-        "history": history,
         "model_path": str(model_path.relative_to(run_dir)),
-    }
-    results.write_json_atomic(run_dir / results.METRICS_FILE, metrics)
-    # Only now is the run safe on disk: drop what resuming needed.
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    shutil.rmtree(run_dir / "phases", ignore_errors=True)
-    logging.info("Finished %s: test accuracy %.4f, test loss %.4f", run_dir,
-                 test_accuracy, test_loss)
-    return metrics
+    })
 
 
-def _fit_phases(model, phases, config, strategy, run_dir, train_ds, val_ds,
-                steps_per_epoch, verbose) -> list[dict]:
+def _fit_phases(run: Run, model: tf_keras.Model, phases: list[Phase]) -> list[dict]:
     """Runs the phases in order, skipping those a previous invocation finished.
 
     A finished phase (but the last) leaves its weights and a `done.json`
@@ -334,34 +389,31 @@ def _fit_phases(model, phases, config, strategy, run_dir, train_ds, val_ds,
                         "learning_rate": phase.learning_rate})
         if phase.epochs == 0:
             continue
-        phase_dir = _phase_dir(run_dir, phase)
+        phase_dir = _phase_dir(run.run_dir, phase)
         is_last = index == len(phases) - 1
         if not is_last and (phase_dir / "done.json").exists():
             finished_weights = phase_dir / "weights"
             logging.info("Phase %s already finished (epochs %d-%d)", phase.name,
                          first + 1, end)
             continue
-        with strategy.scope():
+        with run.strategy.scope():
             if finished_weights is not None:
                 model.load_weights(str(finished_weights)).expect_partial()
                 finished_weights = None
             if phase.prepare is not None:
-                phase.prepare(model, config)
-            compile_model(model, config, phase.learning_rate, steps_per_epoch * phase.epochs)
+                phase.prepare(model, run.config)
+            compile_model(model, run.config, phase.learning_rate,
+                          run.steps_per_epoch * phase.epochs)
         if len(phases) > 1:
             logging.info("Phase %s: epochs %d-%d, learning rate %g, %d trainable weights",
                          phase.name, first + 1, end, phase.learning_rate,
                          len(model.trainable_weights))
-        backup_dir = run_dir / "backup" / phase.name
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end,
-                  callbacks=_callbacks(run_dir, config, backup_dir,
-                                       steps_per_epoch * config["batch_size"]),
-                  verbose=verbose)
+        run.fit(model, first, end, backup_name=phase.name)
         if not is_last:
             phase_dir.mkdir(parents=True, exist_ok=True)
             model.save_weights(str(phase_dir / "weights"))
             results.write_json_atomic(phase_dir / "done.json", records[-1])
-            shutil.rmtree(backup_dir, ignore_errors=True)
+            run.drop_backup(phase.name)
     return records
 
 
