@@ -1,0 +1,145 @@
+"""TFLite export, and measuring TFLite models: accuracy, size, sparsity, latency.
+
+The interpreter is LiteRT's (`ai_edge_litert`), the successor of the
+deprecated `tf.lite.Interpreter`; where it is not installed, TensorFlow's.
+Accuracy is computed with the interpreter over the whole test split, not with
+the Keras model the file came from.
+"""
+
+import gzip
+import io
+import pathlib
+import statistics
+import time
+from typing import Iterable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+try:
+    from ai_edge_litert import interpreter as _litert
+    INTERPRETER = "LiteRT (ai_edge_litert)"
+except ImportError:  # pragma: no cover - LiteRT is in requirements.txt
+    _litert = None
+    INTERPRETER = "tf.lite.Interpreter"
+
+# TFLite ops whose second input is a weight tensor that pruning can zero.
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def to_tflite(model: tf_keras.Model, *, quantize: bool = False,
+              integer_io: bool = False) -> bytes:
+    """Converts a Keras model. `quantize` applies Optimize.DEFAULT, which for a
+    quantization-aware-trained model yields an int8 model from the learned
+    ranges; `integer_io` also makes its input and output int8, removing the
+    float<->int8 conversions at both ends."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if integer_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def file_sizes(path: pathlib.Path) -> dict[str, int]:
+    """Raw bytes and gzip bytes (what pruning's zeros buy on the wire)."""
+    raw = pathlib.Path(path).read_bytes()
+    return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, 9))}
+
+
+def weights_sizes(model: tf_keras.Model) -> dict[str, int]:
+    """Sizes of the model's weights alone (no optimizer state) as an
+    uncompressed .npz, raw and gzipped."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *[w.numpy() for w in model.weights])
+    raw = buffer.getvalue()
+    return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, 9))}
+
+
+def interpreter(path: pathlib.Path, threads: int = 1, xnnpack: bool = True):
+    """An allocated interpreter; `xnnpack=False` runs the built-in kernels only."""
+    module = _litert if _litert is not None else tf.lite
+    kwargs = {"model_path": str(path), "num_threads": threads}
+    if not xnnpack:
+        resolver = (module.OpResolverType if _litert is not None
+                    else tf.lite.experimental.OpResolverType)
+        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    instance = (_litert.Interpreter if _litert is not None else tf.lite.Interpreter)(**kwargs)
+    instance.allocate_tensors()
+    return instance
+
+
+class TFLiteClassifier:
+    """Runs one example at a time through a TFLite model, converting to and
+    from int8 where the model's input or output is quantized."""
+
+    def __init__(self, path: pathlib.Path, threads: int = 1, xnnpack: bool = True):
+        self.interpreter = interpreter(path, threads, xnnpack)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One image (H, W, C), float pixel values, as the model's input."""
+        batch = image[np.newaxis].astype(np.float32)
+        if self.input["dtype"] == np.int8:
+            scale, zero_point = self.input["quantization"]
+            batch = np.clip(np.round(batch / scale + zero_point), -128, 127).astype(np.int8)
+        return batch
+
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input["index"], prepared)
+        self.interpreter.invoke()
+        logits = self.interpreter.get_tensor(self.output["index"])[0]
+        if self.output["dtype"] == np.int8:
+            scale, zero_point = self.output["quantization"]
+            logits = (logits.astype(np.float32) - zero_point) * scale
+        return logits
+
+
+def tflite_accuracy(path: pathlib.Path, examples: Iterable) -> tuple[float, int]:
+    """Top-1 accuracy of the TFLite model over (image, label) examples."""
+    classifier = TFLiteClassifier(path)
+    correct = total = 0
+    for image, label in examples:
+        logits = classifier.invoke(classifier.prepare(np.asarray(image)))
+        correct += int(np.argmax(logits) == int(label))
+        total += 1
+    return correct / max(total, 1), total
+
+
+def tflite_weight_sparsity(path: pathlib.Path) -> Optional[float]:
+    """Fraction of exact zeros in the weight tensors of the model's conv and
+    fully-connected ops, read from the file (int8 zeros for a quantized
+    model: its weights are symmetric, zero point 0)."""
+    instance = interpreter(path, xnnpack=False)
+    zeros = total = 0
+    for op in instance._get_ops_details():  # pylint: disable=protected-access
+        if op["op_name"] in _WEIGHTED_OPS and len(op["inputs"]) > 1:
+            weights = instance.get_tensor(op["inputs"][1])
+            zeros += int(np.sum(weights == 0))
+            total += weights.size
+    return zeros / total if total else None
+
+
+def latency_us(paths: dict[str, pathlib.Path], example: np.ndarray, *,
+               threads: int = 1, xnnpack: bool = True, invocations: int = 500,
+               rounds: int = 7) -> dict[str, float]:
+    """Median microseconds per example of each model, measured side by side:
+    the models take turns round after round, so drift on a shared machine
+    hits them alike."""
+    classifiers = {name: TFLiteClassifier(path, threads, xnnpack)
+                   for name, path in paths.items()}
+    prepared = {name: c.prepare(example) for name, c in classifiers.items()}
+    for name, c in classifiers.items():  # warm-up
+        for _ in range(20):
+            c.invoke(prepared[name])
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, c in classifiers.items():
+            start = time.perf_counter()
+            for _ in range(invocations):
+                c.invoke(prepared[name])
+            samples[name].append((time.perf_counter() - start) / invocations * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
