@@ -1,0 +1,137 @@
+"""pruning_qat: every stage measured, sparsity kept, TFLite files that run."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+import tf_keras
+
+from common import export, training
+from common.errors import UserError
+from experiments.pruning_qat import model as compression
+from experiments.pruning_qat.pipeline import STAGES
+from tests.fixtures import write_idx_dataset
+
+FAST = ("baseline_epochs=1", "pruning_epochs=1", "qat_epochs=1", "pruning_frequency=2",
+        "latency_invocations=20", "latency_rounds=2")
+
+
+def _options(tmp_path, hparams=FAST, **overrides):
+    values = dict(experiment="pruning_qat", results_dir=str(tmp_path / "results"),
+                  batch_size=16, verbose=0, hparams=hparams)
+    values.update(overrides)
+    return training.RunOptions(**values)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("idx"), num_train=480, num_test=120)
+
+
+@pytest.mark.parametrize("strategy, replicas", [("default", 1), ("mirrored", 2)])
+def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
+    (tmp_path / "tfds").mkdir()
+    with tfds.testing.mock_data(num_examples=64):
+        metrics = training.run(_options(tmp_path, strategy=strategy, run_name="r",
+                                        data_dir=str(tmp_path / "tfds")))
+    assert metrics["num_replicas"] == replicas
+    rows = {row["stage"]: row for row in metrics["stages"]}
+    assert list(rows) == list(STAGES)
+    for row in rows.values():
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["bytes"] > 0
+    assert rows["float_tflite"]["num_test_examples"] == 64
+    assert rows["int8_tflite"]["latency_us"] > 0 and rows["float_tflite"]["latency_us"] > 0
+    run_dir = tmp_path / "results" / "pruning_qat" / "r"
+    for name in ("baseline_float", "pqat_int8", "pqat_int8_integer_io"):
+        classifier = export.TFLiteClassifier(run_dir / "model" / f"{name}.tflite")
+        logits = classifier.invoke(classifier.prepare(np.zeros((28, 28, 1), np.float32)))
+        assert logits.shape == (10,) and np.isfinite(logits).all()
+    assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2]
+    assert json.loads((run_dir / "metrics.json").read_text())["stages"] == metrics["stages"]
+    assert not (run_dir / "stages").exists() and not (run_dir / "backup").exists()
+
+
+def _zero_masks_keras(model):
+    return [layer.get_weights()[0] == 0 for layer in model.layers
+            if isinstance(layer, compression.PRUNED_LAYERS)]
+
+
+def _zero_masks_tflite(path):
+    instance = export.interpreter(path, xnnpack=False)
+    masks = []
+    for op in instance._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
+            weights = instance.get_tensor(op["inputs"][1])
+            # TFLite stores conv kernels (out, h, w, in) and dense ones (out, in).
+            masks.append(np.moveaxis(weights, 0, -1) == 0)
+    return masks
+
+
+def test_sparsity_survives_qat_and_int8_export(tmp_path, idx_dir):
+    metrics = training.run(_options(
+        tmp_path, data_dir=str(idx_dir), run_name="s",
+        hparams=FAST + ("final_sparsity=0.5", "qat_learning_rate=0.001")))
+    rows = {row["stage"]: row for row in metrics["stages"]}
+    assert rows["baseline"]["sparsity"] < 0.01
+    assert rows["pruned"]["sparsity"] >= 0.49
+    assert rows["pqat"]["sparsity"] >= 0.49
+    assert rows["int8_tflite"]["sparsity"] >= 0.49
+    assert rows["float_tflite"]["sparsity"] < 0.01  # the unpruned baseline
+    run_dir = tmp_path / "results" / "pruning_qat" / "s"
+    pruned = tf_keras.models.load_model(run_dir / "model" / "pruned.keras")
+    keras_masks = _zero_masks_keras(pruned)
+    assert all(mask.mean() >= 0.49 for mask in keras_masks)
+    # The same positions are zero in the int8 model's weights.
+    tflite_masks = _zero_masks_tflite(run_dir / "model" / "pqat_int8.tflite")
+    assert len(tflite_masks) == len(keras_masks)
+    for keras_mask, tflite_mask in zip(keras_masks, tflite_masks):
+        assert tflite_mask.shape == keras_mask.shape
+        assert tflite_mask[keras_mask].all()
+    # The learnable fixture: int8 keeps the float model's accuracy.
+    assert rows["int8_tflite"]["test_accuracy"] >= rows["float_tflite"]["test_accuracy"] - 0.02
+    assert rows["int8_tflite"]["bytes"] * 3 < rows["float_tflite"]["bytes"]
+
+
+def test_pqat_training_keeps_pruned_zeros(tmp_path, idx_dir):
+    model = compression.build_model({"base_experiment": "mnist_lenet", "dropout": 0.0},
+                                    (28, 28, 1), 10)
+    for layer in model.layers:
+        if isinstance(layer, compression.PRUNED_LAYERS):
+            kernel, bias = layer.get_weights()
+            kernel[np.abs(kernel) < np.median(np.abs(kernel))] = 0
+            layer.set_weights([kernel, bias])
+    before = _zero_masks_keras(model)
+    pqat = compression.quantize_preserving_sparsity(model)
+    pqat.compile(tf_keras.optimizers.Adam(1e-2),
+                 tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = np.random.default_rng(0).uniform(0, 255, (64, 28, 28, 1)).astype(np.float32)
+    pqat.fit(images, np.arange(64) % 10, batch_size=16, epochs=1, verbose=0)
+    kernels = [w.numpy() for w in pqat.weights
+               if w.name.split("/")[-1].startswith("kernel:")]
+    assert len(kernels) == len(before)
+    for mask, kernel in zip(before, kernels):
+        assert (kernel[mask] == 0).all()
+        assert (kernel[~mask] != 0).mean() > 0.99  # the rest did train
+
+
+def test_init_from_a_finished_run_skips_baseline_training(tmp_path, idx_dir):
+    lenet = training.run(training.RunOptions(
+        experiment="mnist_lenet", results_dir=str(tmp_path / "results"), epochs=1,
+        batch_size=16, verbose=0, data_dir=str(idx_dir), run_name="lenet"))
+    metrics = training.run(_options(
+        tmp_path, data_dir=str(idx_dir), run_name="from-lenet",
+        init_from=str(tmp_path / "results" / "mnist_lenet" / "lenet")))
+    assert metrics["epochs_by_stage"]["baseline"] == [0, 0]
+    assert [row["epoch"] for row in metrics["history"]] == [0, 1]  # pruning, qat
+    baseline = next(r for r in metrics["stages"] if r["stage"] == "baseline")
+    assert baseline["test_accuracy"] == pytest.approx(lenet["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (dict(init_from="/no/such/run"), "/no/such/run is not a finished run folder"),
+    (dict(hparams=FAST + ("final_sparsity=1.5",)), "final_sparsity"),
+])
+def test_bad_settings_are_one_line(tmp_path, idx_dir, overrides, needle):
+    with pytest.raises(UserError, match=needle):
+        training.run(_options(tmp_path, data_dir=str(idx_dir), **overrides))
