@@ -35,8 +35,8 @@ def get_config() -> dict:
         "dropout": 0.0,
         "baseline_epochs": 5,
         "baseline_learning_rate": 3e-3,
-        "pruning_epochs": 3,
-        "pruning_learning_rate": 5e-4,
+        "pruning_epochs": 4,
+        "pruning_learning_rate": 2e-3,
         "initial_sparsity": 0.0,
         "final_sparsity": 0.8,
         "pruning_begin_step": 0,           # steps counted from the pruning stage
