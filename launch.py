@@ -17,7 +17,7 @@ import experiments
 from common.errors import UserError
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-MODES = ("train", "eval")
+MODES = ("train", "eval", "tune")
 
 flags.DEFINE_enum("experiment", None, experiments.names(), "Experiment (folder under experiments/).")
 flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
@@ -26,7 +26,8 @@ flags.DEFINE_string("device", "cpu", "Device for --strategy=one_device: cpu, gpu
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices "
                      "(MirroredStrategy then runs N replicas without accelerators).",
                      lower_bound=0)
-flags.DEFINE_enum("mode", "train", MODES, "train, or eval the saved model of --run_name.")
+flags.DEFINE_enum("mode", "train", MODES, "train; eval (the saved model of --run_name); "
+                  "tune (a Keras Tuner sweep of the experiment's search space).")
 flags.DEFINE_integer("epochs", None, "Override the experiment's epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", None, "Global batch size (split across replicas).",
                      lower_bound=1)
@@ -41,6 +42,16 @@ flags.DEFINE_string("results_dir", "results", "Where run folders are created.")
 flags.DEFINE_string("run_name", None, "Run folder name; an unfinished run of that "
                     "name is resumed. Default: a new timestamped folder.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string("hparams_file", None, "JSON of hyperparameters (a sweep's "
+                    "best_hparams.json); --hparams still win over it.")
+flags.DEFINE_enum("tuner", "hyperband", ("hyperband", "random", "bayesian"),
+                  "Keras Tuner algorithm for --mode=tune.")
+flags.DEFINE_integer("max_trials", 10, "Trials of a random or bayesian sweep.", lower_bound=1)
+flags.DEFINE_integer("max_epochs", None, "Hyperband's max_epochs; for random and "
+                     "bayesian sweeps, each trial's epochs.", lower_bound=1)
+flags.DEFINE_integer("hyperband_factor", 3, "Hyperband's reduction factor.", lower_bound=2)
+flags.DEFINE_string("sweep_name", None, "Sweep folder name; an unfinished sweep of that "
+                    "name is resumed. Default: a new sweep-<timestamp> folder.")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 1 bar, 2 a line per epoch, 0 none.")
 flags.mark_flag_as_required("experiment")
 FLAGS = flags.FLAGS
@@ -60,7 +71,10 @@ def main(argv):
         epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, hparams=tuple(FLAGS.hparams),
         dataset=FLAGS.dataset, weights=FLAGS.weights,
         init_from=FLAGS.init_from, data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
-        run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose)
+        run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose,
+        hparams_file=FLAGS.hparams_file, tuner=FLAGS.tuner, max_trials=FLAGS.max_trials,
+        max_epochs=FLAGS.max_epochs, hyperband_factor=FLAGS.hyperband_factor,
+        sweep_name=FLAGS.sweep_name)
     try:
         training.run(options)
     except UserError as e:

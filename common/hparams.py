@@ -5,6 +5,7 @@ value's type is the type of its default. Overrides are checked against that
 dict so a typo or a wrong type fails before any work starts.
 """
 
+import json
 from typing import Any, Iterable, Mapping
 
 from common.errors import UserError
@@ -38,6 +39,27 @@ def parse_value(name: str, text: str, default: Any) -> Any:
     raise UserError(
         f"bad value {text!r} for hyperparameter {name!r}: expected "
         f"{kind.__name__} (default {default!r})")
+
+
+def read_file(path: str) -> list[str]:
+    """`name=value` assignments from a JSON file: a flat object, or the
+    `best_hparams.json` a sweep writes (its "hparams" object)."""
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read --hparams_file {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UserError(f"--hparams_file {path} is not JSON: {e}") from None
+    if isinstance(payload, dict) and isinstance(payload.get("hparams"), dict):
+        payload = payload["hparams"]
+    if not isinstance(payload, dict):
+        raise UserError(f"--hparams_file {path} must hold a JSON object of hyperparameters")
+    return [f"{name}={_as_text(value)}" for name, value in payload.items()]
+
+
+def _as_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def override(defaults: Mapping[str, Any],

@@ -62,27 +62,19 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def claim_run_dir(results_dir: str, experiment: str, run_name: Optional[str],
+def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
                   hparams: dict) -> tuple[pathlib.Path, bool]:
-    """Returns (run folder, resuming).
+    """Returns (run folder under `parent`, resuming).
 
     Without `run_name` a fresh timestamped folder is created (with a suffix if
     another run took that second). With `run_name`, an unfinished run of the
     same hyperparameters is resumed; a finished run, or one with different
     hyperparameters, is an error rather than an overwrite.
     """
-    parent = pathlib.Path(results_dir) / experiment
+    parent = pathlib.Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     if run_name is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        for suffix in range(1000):
-            path = parent / (stamp if suffix == 0 else f"{stamp}-{suffix}")
-            try:
-                path.mkdir()
-                return path, False
-            except FileExistsError:
-                continue
-        raise UserError(f"could not find a free run name under {parent}")
+        return new_dir(parent), False
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise UserError(f"bad --run_name {run_name!r}: use a plain folder name")
     path = parent / run_name
@@ -102,6 +94,20 @@ def claim_run_dir(results_dir: str, experiment: str, run_name: Optional[str],
                             f"hyperparameters ({', '.join(changed)}); resume it "
                             "with the same ones or choose another --run_name")
     return path, True
+
+
+def new_dir(parent: pathlib.Path, prefix: str = "") -> pathlib.Path:
+    """Creates and returns a fresh timestamped folder under `parent` (with a
+    suffix if another run took that second)."""
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in range(1000):
+        path = pathlib.Path(parent) / (stamp if suffix == 0 else f"{stamp}-{suffix}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"could not find a free run name under {parent}")
 
 
 def read_history(run_dir: pathlib.Path) -> list[dict[str, float]]:

@@ -24,7 +24,7 @@ import experiments
 from common import data, hparams as hparams_lib, results, strategy as strategy_lib
 from common.errors import UserError
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "tune")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 
 
@@ -47,12 +47,28 @@ class RunOptions:
     results_dir: str = "results"
     run_name: Optional[str] = None
     seed: int = 0
+    hparams_file: Optional[str] = None
+    # Sweeps (--mode=tune); see common/tuning.py.
+    tuner: str = "hyperband"
+    max_trials: int = 10
+    max_epochs: Optional[int] = None
+    hyperband_factor: int = 3
+    sweep_name: Optional[str] = None
+    # Set by a sweep for its trials: where the run folder goes, and the run a
+    # Hyperband trial continues (its weights, from its last epoch).
+    run_parent: Optional[str] = None
+    warm_start: Optional[str] = None
+    initial_epoch: int = 0
     verbose: int = 1  # Keras progress: 1 bar, 2 one line per epoch, 0 none
 
 
 def resolve_config(experiment, options: RunOptions) -> dict[str, Any]:
-    """The experiment's defaults, then --hparams, then the dedicated flags."""
-    config = hparams_lib.override(experiment.get_config(), options.hparams)
+    """The experiment's defaults, then --hparams_file, then --hparams, then
+    the dedicated flags (--epochs, --batch_size, ...)."""
+    config = experiment.get_config()
+    if options.hparams_file:
+        config = hparams_lib.override(config, hparams_lib.read_file(options.hparams_file))
+    config = hparams_lib.override(config, options.hparams)
     for name in ("epochs", "batch_size", "dataset", "weights", "init_from"):
         value = getattr(options, name)
         if value is None:
@@ -226,6 +242,15 @@ def run(options: RunOptions) -> dict[str, Any]:
     strategy_lib.check_global_batch(config["batch_size"], strategy)
     if options.mode == "eval":
         return evaluate(experiment, options, config, strategy)
+    if options.mode == "tune":
+        from common import tuning
+        return tuning.sweep(experiment, options, config, strategy)
+    return execute(experiment, options, config, strategy)
+
+
+def execute(experiment, options: RunOptions, config: dict,
+            strategy: tf.distribute.Strategy) -> dict[str, Any]:
+    """Trains one run of `config` under `strategy` (created by the caller)."""
     tf_keras.utils.set_random_seed(options.seed)
     if hasattr(experiment, "train"):  # an experiment with a flow of its own
         return experiment.train(Run.prepare(experiment, options, config, strategy))
@@ -273,9 +298,10 @@ class Run:
         return self.strategy.num_replicas_in_sync
 
     def start(self) -> pathlib.Path:
+        parent = (pathlib.Path(self.options.run_parent) if self.options.run_parent
+                  else pathlib.Path(self.options.results_dir) / self.experiment_name)
         self.run_dir, self.resuming = results.claim_run_dir(
-            self.options.results_dir, self.experiment_name, self.options.run_name,
-            self.config)
+            parent, self.options.run_name, self.config)
         label = strategy_lib.strategy_name(self.strategy)
         logging.info("%s run %s (%s, %d replica(s)); to resume after an interruption: "
                      "--run_name=%s", "Resuming" if self.resuming else "Starting",
@@ -356,8 +382,12 @@ def train(experiment, options: RunOptions, config: dict,
     with strategy.scope():
         model = experiment.build_model(config, run.splits.image_shape,
                                        run.splits.num_classes)
+        if options.warm_start:
+            previous = tf_keras.models.load_model(
+                pathlib.Path(options.warm_start) / "model" / "model.keras")
+            model.set_weights(previous.get_weights())
     run_dir = run.start()
-    phase_records = _fit_phases(run, model, phases)
+    phase_records = _fit_phases(run, model, phases, start_epoch=options.initial_epoch)
     test_loss, test_accuracy = model.evaluate(run.test_ds, verbose=0)
     model_path = run_dir / "model" / "model.keras"
     model_path.parent.mkdir(exist_ok=True)
@@ -374,7 +404,8 @@ def train(experiment, options: RunOptions, config: dict,
     })
 
 
-def _fit_phases(run: Run, model: tf_keras.Model, phases: list[Phase]) -> list[dict]:
+def _fit_phases(run: Run, model: tf_keras.Model, phases: list[Phase],
+                start_epoch: int = 0) -> list[dict]:
     """Runs the phases in order, skipping those a previous invocation finished.
 
     A finished phase (but the last) leaves its weights and a `done.json`
@@ -383,11 +414,11 @@ def _fit_phases(run: Run, model: tf_keras.Model, phases: list[Phase]) -> list[di
     """
     records, epoch, finished_weights = [], 0, None
     for index, phase in enumerate(phases):
-        first, end = epoch, epoch + phase.epochs
+        first, end = max(epoch, start_epoch), epoch + phase.epochs
         epoch = end
         records.append({"name": phase.name, "first_epoch": first, "last_epoch": end - 1,
                         "learning_rate": phase.learning_rate})
-        if phase.epochs == 0:
+        if end <= first:
             continue
         phase_dir = _phase_dir(run.run_dir, phase)
         is_last = index == len(phases) - 1
@@ -403,7 +434,7 @@ def _fit_phases(run: Run, model: tf_keras.Model, phases: list[Phase]) -> list[di
             if phase.prepare is not None:
                 phase.prepare(model, run.config)
             compile_model(model, run.config, phase.learning_rate,
-                          run.steps_per_epoch * phase.epochs)
+                          run.steps_per_epoch * (end - first))
         if len(phases) > 1:
             logging.info("Phase %s: epochs %d-%d, learning rate %g, %d trainable weights",
                          phase.name, first + 1, end, phase.learning_rate,

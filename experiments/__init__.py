@@ -2,6 +2,7 @@
 
 Each experiment is a package `experiments/<name>/` exposing:
   get_config() -> dict    flat hyperparameters; docstring: command, accuracy
+  search_space(hp)        the Keras Tuner search space over those names
   build_model(config, image_shape, num_classes) -> tf_keras.Model
 and, optionally, `augment(image, label, config)` for training-only
 augmentation inside the input pipeline.

@@ -42,3 +42,12 @@ def get_config() -> dict:
         "unfreeze_from": "block5_conv1",  # first VGG16 layer trained in phase 2
         "early_stopping_patience": 0,     # 0: off
     }
+
+
+def search_space(hp) -> None:
+    """What a Keras Tuner sweep explores (`--mode=tune --tuner=random` or
+    `bayesian`; the phase epochs are hyperparameters, so not Hyperband)."""
+    hp.Choice("head_units", [128, 256, 512])
+    hp.Float("phase1_learning_rate", 1e-4, 1e-2, sampling="log")
+    hp.Float("phase2_learning_rate", 1e-6, 1e-4, sampling="log")
+    hp.Choice("unfreeze_from", ["block4_conv1", "block5_conv1", "block5_conv3"])

@@ -25,3 +25,11 @@ def get_config() -> dict:
         "dropout": 0.0,
         "early_stopping_patience": 0,  # 0: off
     }
+
+
+def search_space(hp) -> None:
+    """What a Keras Tuner sweep explores (`--mode=tune`); the defaults above
+    stay the defaults outside a sweep."""
+    hp.Float("learning_rate", 3e-4, 1e-2, sampling="log")
+    hp.Choice("batch_size", [32, 64, 128])
+    hp.Float("dropout", 0.0, 0.4, step=0.1)

@@ -48,3 +48,11 @@ def get_config() -> dict:
         "latency_rounds": 7,
         "early_stopping_patience": 0,      # 0: off
     }
+
+
+def search_space(hp) -> None:
+    """What a Keras Tuner sweep explores (`--mode=tune --tuner=random` or
+    `bayesian`): how sparse, and how long to recover."""
+    hp.Float("final_sparsity", 0.5, 0.9, step=0.1)
+    hp.Int("pruning_epochs", 1, 4)
+    hp.Int("qat_epochs", 1, 3)

@@ -1,0 +1,160 @@
+"""Keras Tuner sweeps: trials as runs, HParams logs, resume, failures."""
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from common import training
+from common.errors import UserError
+from tests.fixtures import write_idx_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _options(tmp_path, **overrides):
+    values = dict(experiment="mnist_lenet", mode="tune", results_dir=str(tmp_path / "results"),
+                  verbose=0, sweep_name="s", data_dir=str(tmp_path / "tfds"))
+    values.update(overrides)
+    return training.RunOptions(**values)
+
+
+def _has_hparams(folder: pathlib.Path) -> bool:
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    return True
+    return False
+
+
+def _trials(sweep_dir):
+    return sorted(p for p in sweep_dir.glob("trial_*") if p.is_dir())
+
+
+def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
+    (tmp_path / "tfds").mkdir()
+    with tfds.testing.mock_data(num_examples=256):
+        best = training.run(_options(tmp_path, tuner="random", max_trials=3, max_epochs=1,
+                                     strategy="mirrored"))
+    sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
+    trials = _trials(sweep_dir)
+    assert len(trials) == 3
+    scores = {}
+    for trial in trials:
+        metrics = json.loads((trial / "metrics.json").read_text())
+        assert metrics["num_replicas"] == 2 and metrics["epochs"] == 1
+        assert _has_hparams(trial / "logs")
+        scores[trial.name] = metrics["history"][-1]["val_accuracy"]
+    assert _has_hparams(sweep_dir / "logs")  # the sweep's hparams_config
+    on_disk = json.loads((sweep_dir / "best_hparams.json").read_text())
+    assert on_disk == best
+    assert set(best["hparams"]) == {"learning_rate", "batch_size", "dropout", "epochs"}
+    assert best["objective"]["value"] == pytest.approx(max(scores.values()))
+    assert best["trials_completed"] == 3
+
+
+def test_hyperband_continues_trials_from_their_weights(tmp_path):
+    (tmp_path / "tfds").mkdir()
+    with tfds.testing.mock_data(num_examples=64):
+        training.run(_options(tmp_path, tuner="hyperband", max_epochs=2, hyperband_factor=2))
+    sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
+    continued = []
+    for trial in _trials(sweep_dir):
+        config = json.loads((trial / "config.json").read_text())
+        metrics = json.loads((trial / "metrics.json").read_text())
+        if config["flags"]["warm_start"]:
+            continued.append(trial)
+            assert pathlib.Path(config["flags"]["warm_start"]).parent == sweep_dir
+            first = config["flags"]["initial_epoch"]
+            assert first >= 1
+            assert [row["epoch"] for row in metrics["history"]][0] == first
+    assert continued, "Hyperband continued no trial"
+    assert (sweep_dir / "best_hparams.json").exists()
+
+
+def test_sweep_whose_trials_all_fail_reports_the_first_failure(tmp_path):
+    (tmp_path / "tfds").mkdir()
+    with tfds.testing.mock_data(num_examples=64):
+        with pytest.raises(UserError, match=r"every trial of sweep s failed; first failure "
+                                            r"\(trial 0+\): UserError: unknown optimizer 'nadam'"):
+            training.run(_options(tmp_path, tuner="random", max_trials=2, max_epochs=1,
+                                  hparams=("optimizer=nadam",)))
+    assert not (tmp_path / "results" / "mnist_lenet" / "s" / "best_hparams.json").exists()
+
+
+def test_searched_name_cannot_also_be_fixed(tmp_path):
+    with pytest.raises(UserError, match="--hparams fixes dropout"):
+        training.run(_options(tmp_path, tuner="random", hparams=("dropout=0.1",)))
+
+
+def test_hyperband_needs_an_epochs_hyperparameter(tmp_path):
+    with pytest.raises(UserError, match="Hyperband needs an 'epochs' hyperparameter"):
+        training.run(_options(tmp_path, experiment="pruning_qat", tuner="hyperband"))
+
+
+def test_hparams_file_round_trip_and_explicit_hparams_win(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=200, num_test=40)
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"hparams": {"learning_rate": 0.002, "batch_size": 32,
+                                            "dropout": 0.2, "epochs": 1}}))
+    training.run(training.RunOptions(
+        experiment="mnist_lenet", results_dir=str(tmp_path / "results"), verbose=0,
+        data_dir=str(folder), run_name="a", hparams_file=str(path)))
+    training.run(training.RunOptions(
+        experiment="mnist_lenet", results_dir=str(tmp_path / "results"), verbose=0,
+        data_dir=str(folder), run_name="b", hparams_file=str(path),
+        hparams=("dropout=0.1",)))
+    a = json.loads((tmp_path / "results/mnist_lenet/a/config.json").read_text())["hparams"]
+    b = json.loads((tmp_path / "results/mnist_lenet/b/config.json").read_text())["hparams"]
+    assert (a["learning_rate"], a["batch_size"], a["dropout"], a["epochs"]) == (0.002, 32, 0.2, 1)
+    assert b["dropout"] == 0.1 and b["learning_rate"] == 0.002
+
+
+def test_hparams_file_with_unknown_name(tmp_path):
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"learning_rat": 0.1}))
+    with pytest.raises(UserError, match="'learning_rat'"):
+        training.run(training.RunOptions(experiment="mnist_lenet", hparams_file=str(path),
+                                         results_dir=str(tmp_path / "results")))
+
+
+def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=600, num_test=60)
+    args = [sys.executable, str(ROOT / "launch.py"), "--experiment=mnist_lenet",
+            "--mode=tune", "--tuner=random", "--max_trials=3", "--max_epochs=2",
+            f"--data_dir={folder}", f"--results_dir={tmp_path / 'results'}",
+            "--sweep_name=resume", "--verbose=0", "--batch_size=16"]
+    sweep_dir = tmp_path / "results" / "mnist_lenet" / "resume"
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(sweep_dir.glob("trial_*/metrics.json")) and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("the sweep ended before it could be interrupted")
+        time.sleep(0.05)
+    time.sleep(0.5)  # let Keras Tuner record the finished trial
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = {p.parent.name: p.stat().st_mtime_ns
+                       for p in sweep_dir.glob("trial_*/metrics.json")}
+    assert 1 <= len(finished_before) < 3
+
+    resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming sweep" in resumed.stdout + resumed.stderr
+    trials = _trials(sweep_dir)
+    assert len(trials) == 3
+    assert all((t / "metrics.json").exists() for t in trials)
+    for name, mtime in finished_before.items():  # finished trials were not rerun
+        assert (sweep_dir / name / "metrics.json").stat().st_mtime_ns == mtime
+    best = json.loads((sweep_dir / "best_hparams.json").read_text())
+    assert best["trials_completed"] == 3
+    state = json.loads((sweep_dir / "tuner" / "oracle.json").read_text())
+    assert len(state["end_order"]) == 3 and len(set(state["end_order"])) == 3
