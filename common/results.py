@@ -38,6 +38,7 @@ def write_json_atomic(path: pathlib.Path, payload: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for reading
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

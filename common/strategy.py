@@ -121,6 +121,41 @@ def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
     """A readable name for logs and metrics ("MirroredStrategy")."""
-    return type(strategy).__name__.replace("_DefaultDistributionStrategy",
-                                           "DefaultStrategy")
+    names = {"_DefaultDistributionStrategy": "DefaultStrategy",
+             # MultiWorkerMirroredStrategy's implementation class.
+             "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy"}
+    name = type(strategy).__name__
+    return names.get(name, name)
 
+
+
+def task_id(strategy: tf.distribute.Strategy) -> int:
+    """This worker's index in a cluster (0 outside one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return 0
+    return int(resolver.task_id)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's results: always outside a
+    cluster; in one, the task of type "chief", or worker 0 where the cluster
+    names no chief (TensorFlow's convention)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type = resolver.task_type
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and int(resolver.task_id) == 0 and not has_chief
+
+
+
+def tf_config_workers() -> int:
+    """How many chief and worker tasks TF_CONFIG describes (1 without it)."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except (ValueError, AttributeError):
+        return 1
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))

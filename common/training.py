@@ -9,6 +9,7 @@ a CSV history, TensorBoard scalars and HParams, EarlyStopping when asked.
 
 import dataclasses
 import functools
+import hashlib
 import pathlib
 import shutil
 import statistics
@@ -16,6 +17,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tf_keras
 from tensorboard.plugins.hparams import api as hp
@@ -234,6 +236,14 @@ def run(options: RunOptions) -> dict[str, Any]:
     if options.mode not in MODES:
         raise UserError(f"unknown --mode={options.mode!r}; choose one of: {', '.join(MODES)}")
     experiment = experiments.get(options.experiment)
+    if options.strategy == "multi_worker_mirrored" and strategy_lib.tf_config_workers() > 1:
+        if options.mode == "train" and not options.run_name:
+            raise UserError("--strategy=multi_worker_mirrored with several workers needs "
+                            "--run_name, the same on every worker (python -m "
+                            "common.local_cluster picks one)")
+        if options.mode == "tune" and not options.sweep_name:
+            raise UserError("a sweep across several workers needs --sweep_name, the same "
+                            "on every worker")
     # The strategy comes before any other TensorFlow op.
     strategy_lib.configure_cpu_devices(options.num_cpu_devices)
     strategy = strategy_lib.get_strategy(options.strategy, tpu=options.tpu,
@@ -276,6 +286,10 @@ class Run:
     test_ds: tf.data.Dataset
     steps_per_epoch: int
     run_dir: Optional[pathlib.Path] = None
+    # Where this process writes: the run folder on the chief; on the other
+    # workers of a cluster a workertemp_<i>/ inside it, removed at the end
+    # (the convention tf_keras' BackupAndRestore and ModelCheckpoint follow).
+    write_dir: Optional[pathlib.Path] = None
     resuming: bool = False
     started_at: float = 0.0
 
@@ -297,12 +311,31 @@ class Run:
     def replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
 
+    @property
+    def is_chief(self) -> bool:
+        return strategy_lib.is_chief(self.strategy)
+
     def start(self) -> pathlib.Path:
+        """Claims the run folder (the chief) or finds it (other workers);
+        returns the folder this process writes to."""
         parent = (pathlib.Path(self.options.run_parent) if self.options.run_parent
                   else pathlib.Path(self.options.results_dir) / self.experiment_name)
+        label = strategy_lib.strategy_name(self.strategy)
+        if not self.is_chief:
+            self.run_dir = parent / self.options.run_name
+            if (self.run_dir / results.METRICS_FILE).exists():
+                raise UserError(f"run {self.run_dir} already finished; choose another "
+                                "--run_name (runs are never overwritten)")
+            self.write_dir = self.run_dir / f"workertemp_{strategy_lib.task_id(self.strategy)}"
+            self.write_dir.mkdir(parents=True, exist_ok=True)
+            logging.info("Worker %d is not the chief: the chief writes the run's results; "
+                         "this worker keeps its temporary files in %s",
+                         strategy_lib.task_id(self.strategy), self.write_dir)
+            self.started_at = time.perf_counter()
+            return self.write_dir
         self.run_dir, self.resuming = results.claim_run_dir(
             parent, self.options.run_name, self.config)
-        label = strategy_lib.strategy_name(self.strategy)
+        self.write_dir = self.run_dir
         logging.info("%s run %s (%s, %d replica(s)); to resume after an interruption: "
                      "--run_name=%s", "Resuming" if self.resuming else "Starting",
                      self.run_dir, label, self.replicas, self.run_dir.name)
@@ -324,7 +357,7 @@ class Run:
             backup_name: str, extra_callbacks: Sequence = ()) -> None:
         """Trains epochs [first_epoch, end_epoch) with the standard callbacks
         and a backup of its own, so the same command resumes inside it."""
-        callbacks = _callbacks(self.run_dir, self.config, self.run_dir / "backup" / backup_name,
+        callbacks = _callbacks(self.write_dir, self.config, self.run_dir / "backup" / backup_name,
                                self.steps_per_epoch * self.config["batch_size"])
         model.fit(self.train_ds, validation_data=self.val_ds, initial_epoch=first_epoch,
                   epochs=end_epoch, callbacks=callbacks + list(extra_callbacks),
@@ -335,8 +368,8 @@ class Run:
 
     def finish(self, test: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
         """Writes the test scalars and metrics.json (last, atomically)."""
-        history = results.read_history(self.run_dir)
-        _write_test_scalars(self.run_dir, len(history), test)
+        history = results.read_history(self.write_dir)
+        _write_test_scalars(self.write_dir, len(history), test)
         seconds = [row["epoch_seconds"] for row in history if "epoch_seconds" in row]
         rates = [row["images_per_second"] for row in history if "images_per_second" in row]
         metrics = {
@@ -359,6 +392,11 @@ class Run:
             "history": history,
             **extra,
         }
+        if not self.is_chief:
+            shutil.rmtree(self.write_dir, ignore_errors=True)
+            logging.info("Worker %d finished; test accuracy %.4f (the chief writes metrics)",
+                         strategy_lib.task_id(self.strategy), test["accuracy"])
+            return metrics
         results.write_json_atomic(self.run_dir / results.METRICS_FILE, metrics)
         # Only now is the run safe on disk: drop what resuming needed.
         for leftover in ("backup", "phases", "stages"):
@@ -366,6 +404,15 @@ class Run:
         logging.info("Finished %s: test accuracy %.4f, test loss %.4f", self.run_dir,
                      test["accuracy"], test["loss"])
         return metrics
+
+
+def weights_checksum(model: tf_keras.Model) -> str:
+    """SHA-256 of the model's weights: equal on every worker of an all-reduce
+    run, which is what synchronous data-parallel training promises."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _phase_dir(run_dir: pathlib.Path, phase: Phase) -> pathlib.Path:
@@ -386,21 +433,25 @@ def train(experiment, options: RunOptions, config: dict,
             previous = tf_keras.models.load_model(
                 pathlib.Path(options.warm_start) / "model" / "model.keras")
             model.set_weights(previous.get_weights())
-    run_dir = run.start()
+    write_dir = run.start()
     phase_records = _fit_phases(run, model, phases, start_epoch=options.initial_epoch)
     test_loss, test_accuracy = model.evaluate(run.test_ds, verbose=0)
-    model_path = run_dir / "model" / "model.keras"
+    checksum = weights_checksum(model)
+    logging.info("Final weights checksum: %s", checksum)
+    # Every worker saves (saving may synchronise); the others into their temp.
+    model_path = write_dir / "model" / "model.keras"
     model_path.parent.mkdir(exist_ok=True)
     model.save(model_path)
 
-    by_epoch = {row["epoch"]: row for row in results.read_history(run_dir)}
+    by_epoch = {row["epoch"]: row for row in results.read_history(write_dir)}
     for record in phase_records:
         last = by_epoch.get(record["last_epoch"], {})
         record["final_validation"] = {k: v for k, v in last.items() if k.startswith("val_")}
     return run.finish({"loss": test_loss, "accuracy": test_accuracy}, {
         "phases": phase_records,
         "final_validation": phase_records[-1]["final_validation"],
-        "model_path": str(model_path.relative_to(run_dir)),
+        "model_path": str(model_path.relative_to(write_dir)),
+        "weights_checksum": checksum,
     })
 
 
@@ -420,7 +471,7 @@ def _fit_phases(run: Run, model: tf_keras.Model, phases: list[Phase],
                         "learning_rate": phase.learning_rate})
         if end <= first:
             continue
-        phase_dir = _phase_dir(run.run_dir, phase)
+        phase_dir = _phase_dir(run.write_dir, phase)
         is_last = index == len(phases) - 1
         if not is_last and (phase_dir / "done.json").exists():
             finished_weights = phase_dir / "weights"

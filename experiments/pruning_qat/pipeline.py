@@ -56,7 +56,7 @@ class _Stages:
 
     def __init__(self, run: Run):
         self.run = run
-        self.folder = run.run_dir / "stages"
+        self.folder = run.write_dir / "stages"
         self.folder.mkdir(exist_ok=True)
 
     def path(self, name: str) -> pathlib.Path:
@@ -118,7 +118,7 @@ def _prune(run: Run, stages: _Stages, first: int, end: int) -> tf_keras.Model:
         compile_model(pruned, config, config["pruning_learning_rate"], steps)
     run.fit(pruned, first, end, backup_name="pruned", extra_callbacks=[
         tfmot.sparsity.keras.UpdatePruningStep(),
-        tfmot.sparsity.keras.PruningSummaries(log_dir=str(run.run_dir / "logs" / "pruning")),
+        tfmot.sparsity.keras.PruningSummaries(log_dir=str(run.write_dir / "logs" / "pruning")),
     ])
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     stages.save("pruned", stripped)
@@ -183,7 +183,7 @@ def train(run: Run) -> dict:
     pruned = _prune(run, stages, baseline_epochs, pruning_end)
     pqat, pqat_strategy = _pqat(run, stages, pruning_end, qat_end)
 
-    model_dir = run.run_dir / "model"
+    model_dir = run.write_dir / "model"
     model_dir.mkdir(exist_ok=True)
     tflite = {"float_tflite": model_dir / "baseline_float.tflite",
               "int8_tflite": model_dir / "pqat_int8.tflite"}

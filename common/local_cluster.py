@@ -1,0 +1,156 @@
+"""Runs launch.py as a MultiWorkerMirroredStrategy cluster on this machine.
+
+    python -m common.local_cluster --workers=2 -- --experiment=mnist_lenet --epochs=2
+
+Picks free localhost ports, starts one `launch.py` process per worker with
+its own TF_CONFIG and `--strategy=multi_worker_mirrored`, prefixes each
+worker's output with its index, and exits non-zero as soon as any worker
+fails, stopping the others, so that a lost worker never leaves the job
+hanging. Worker 0 is the chief: it writes the run folder. The same command
+with the printed --run_name resumes an interrupted run from its last backup.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from absl import app, flags
+
+flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
+flags.DEFINE_integer("grace_seconds", 10, "After a worker fails, how long the others "
+                     "get to stop before they are killed.", lower_bound=0)
+FLAGS = flags.FLAGS
+
+LAUNCH = pathlib.Path(__file__).resolve().parent.parent / "launch.py"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS says are free on localhost (held open until all are
+    picked, so no two are the same)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    return json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+        "task": {"type": "worker", "index": index},
+    })
+
+
+def _value(args: list[str], name: str):
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def worker_args(launch_args: list[str]) -> tuple[list[str], str]:
+    """The launch.py arguments every worker gets, and the run name they share."""
+    args = [a for a in launch_args if not a.startswith("--strategy")]
+    args.append("--strategy=multi_worker_mirrored")
+    run_name = _value(args, "run_name")
+    if run_name is None and _value(args, "mode") != "tune":
+        run_name = "cluster-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.append(f"--run_name={run_name}")
+    return args, run_name
+
+
+def _pump(stream, prefix: str) -> None:
+    for line in iter(stream.readline, ""):
+        sys.stdout.write(f"{prefix}{line}")
+        sys.stdout.flush()
+    stream.close()
+
+
+def run_cluster(workers: int, launch_args: list[str], grace_seconds: int = 10) -> int:
+    """Starts the workers; returns 0 if all succeed, else the first failure's code."""
+    args, run_name = worker_args(launch_args)
+    ports = free_ports(workers)
+    processes, pumps = [], []
+    print(f"[cluster] {workers} workers on ports {ports}"
+          + (f"; run {run_name} (rerun with --run_name={run_name} to resume)"
+             if run_name else ""), flush=True)
+    for index in range(workers):
+        env = dict(os.environ, TF_CONFIG=tf_config(ports, index))
+        process = subprocess.Popen(
+            [sys.executable, "-u", str(LAUNCH), *args], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        print(f"[cluster] worker {index} pid {process.pid}", flush=True)
+        pump = threading.Thread(target=_pump, args=(process.stdout, f"[worker {index}] "),
+                                daemon=True)
+        pump.start()
+        processes.append(process)
+        pumps.append(pump)
+    failed = None
+    try:
+        while failed is None and any(p.poll() is None for p in processes):
+            for index, process in enumerate(processes):
+                if process.poll() not in (None, 0):
+                    failed = (index, process.returncode)
+                    break
+            time.sleep(0.2)
+        if failed is None:  # all exited; one may have failed in the last round
+            failed = next(((i, p.returncode) for i, p in enumerate(processes)
+                           if p.returncode != 0), None)
+    except KeyboardInterrupt:
+        failed = (-1, 130)
+    if failed is not None:
+        index, code = failed
+        if index >= 0:
+            print(f"[cluster] worker {index} exited with {code}; stopping the others",
+                  flush=True)
+        _stop(processes, grace_seconds)
+    for pump in pumps:
+        pump.join(timeout=5)
+    if failed is None:
+        print("[cluster] all workers finished", flush=True)
+        return 0
+    if run_name:
+        print(f"[cluster] to resume: the same command with --run_name={run_name}",
+              flush=True)
+    return 1
+
+
+def _stop(processes, grace_seconds: int) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def main(argv):
+    launch_args = argv[1:]
+    if not any(a.startswith("--experiment") for a in launch_args):
+        print("local_cluster: error: pass launch.py's flags after --, for example: "
+              "python -m common.local_cluster --workers=2 -- --experiment=mnist_lenet",
+              file=sys.stderr)
+        return 2
+    return run_cluster(FLAGS.workers, launch_args, FLAGS.grace_seconds)
+
+
+if __name__ == "__main__":
+    app.run(main)

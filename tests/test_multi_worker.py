@@ -1,0 +1,117 @@
+"""MultiWorkerMirroredStrategy: two worker processes on localhost."""
+
+import csv
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.fixtures import write_idx_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def cluster(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "common.local_cluster", "--workers=2",
+                           "--", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("idx"), num_train=400, num_test=100)
+
+
+def test_two_workers_train_one_run_with_identical_weights(tmp_path, idx_dir):
+    result = cluster("--experiment=mnist_lenet", f"--data_dir={idx_dir}",
+                     f"--results_dir={tmp_path / 'results'}", "--epochs=2",
+                     "--batch_size=32", "--run_name=mw", "--verbose=2")
+    assert result.returncode == 0, result.stdout[-3000:]
+    checksums = dict(re.findall(r"\[worker (\d)\] .*Final weights checksum: (\w+)",
+                                result.stdout))
+    assert set(checksums) == {"0", "1"}
+    assert checksums["0"] == checksums["1"]  # all-reduce kept the replicas equal
+    run_dir = tmp_path / "results" / "mnist_lenet" / "mw"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_replicas"] == 2
+    assert metrics["strategy"] == "MultiWorkerMirroredStrategy"
+    assert metrics["weights_checksum"] == checksums["0"]
+    assert "[worker 1]" in result.stdout and "Worker 1 is not the chief" in result.stdout
+    # Only the chief's files remain: no worker temp folders, one metrics.json.
+    assert not list(run_dir.rglob("workertemp_*"))
+    assert [p.relative_to(run_dir) for p in run_dir.rglob("metrics.json")] == [
+        pathlib.Path("metrics.json")]
+    # Each worker saw its share of the global batch: 400 * 0.9 // 32 steps.
+    assert len(metrics["history"]) == 2
+
+
+def _history_epochs(run_dir):
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path):
+    folder = write_idx_dataset(tmp_path / "idx", num_train=1600, num_test=100)
+    epochs = 20
+    args = [sys.executable, "-u", "-m", "common.local_cluster", "--workers=2", "--",
+            "--experiment=mnist_lenet", f"--data_dir={folder}",
+            f"--results_dir={tmp_path / 'results'}", f"--epochs={epochs}",
+            "--batch_size=32", "--run_name=ft", "--verbose=2"]
+    run_dir = tmp_path / "results" / "mnist_lenet" / "ft"
+    helper = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    worker_pids = {}
+    while len(worker_pids) < 2:
+        line = helper.stdout.readline()
+        match = re.match(r"\[cluster\] worker (\d) pid (\d+)", line)
+        if match:
+            worker_pids[int(match.group(1))] = int(match.group(2))
+    deadline = time.monotonic() + 240
+    while not _history_epochs(run_dir) and time.monotonic() < deadline:
+        assert helper.poll() is None, "the job ended before a worker could be killed"
+        time.sleep(0.05)
+    os.kill(worker_pids[1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    output, _ = helper.communicate(timeout=120)
+    assert helper.returncode != 0
+    assert time.monotonic() - killed_at < 60  # stopped cleanly, no hang
+    assert "worker 1 exited with -9; stopping the others" in output
+    assert "--run_name=ft" in output
+    done_before = _history_epochs(run_dir)
+    assert done_before and len(done_before) < epochs
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "Resuming run" in resumed.stdout
+    assert "[worker 0] Epoch 1/" not in resumed.stdout  # resumed, not restarted
+    epochs_seen = _history_epochs(run_dir)
+    assert sorted(set(epochs_seen)) == list(range(epochs))
+    assert len(epochs_seen) - len(set(epochs_seen)) <= 1  # at most the epoch cut short
+    assert json.loads((run_dir / "metrics.json").read_text())["num_replicas"] == 2
+
+
+def test_several_workers_need_a_shared_run_name(tmp_path):
+    env = dict(os.environ, TF_CONFIG=json.dumps({
+        "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+        "task": {"type": "worker", "index": 0}}))
+    result = subprocess.run([sys.executable, str(ROOT / "launch.py"),
+                             "--experiment=mnist_lenet", "--strategy=multi_worker_mirrored",
+                             f"--results_dir={tmp_path}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "needs --run_name" in result.stderr
+
+
+def test_local_cluster_without_launch_flags_is_one_line():
+    result = subprocess.run([sys.executable, "-m", "common.local_cluster", "--workers=2"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "pass launch.py's flags after --" in result.stderr
