@@ -178,13 +178,14 @@ def _to_float(images, labels):
 def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, training: bool,
                   num_examples: int, seed: Optional[int] = None,
                   augment: Optional[Callable] = None,
-                  cache: bool = True) -> tf.data.Dataset:
+                  cache: bool = True, static_shapes: bool = False) -> tf.data.Dataset:
     """Cache, shuffle and augment (training), batch, cast, prefetch.
 
     `batch_size` is the global batch: a distribution strategy splits each
     batch across its replicas. Training batches drop the remainder so every
     step has the same static shape (what TPUs need); evaluation keeps every
-    example so test accuracy is over the whole split. Images stay uint8 until
+    example so test accuracy is over the whole split, except where
+    `static_shapes` (TPUs) asks every batch to be full. Images stay uint8 until
     after batching, which keeps the cache small and the cast vectorised.
     """
     if cache:
@@ -194,7 +195,7 @@ def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, training: bool,
                         reshuffle_each_iteration=True)
         if augment is not None:
             ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=training,
+    ds = ds.batch(batch_size, drop_remainder=training or static_shapes,
                   num_parallel_calls=AUTOTUNE)
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
     # Across the workers of a cluster, shard by element (DATA): it works for

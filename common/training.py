@@ -214,16 +214,18 @@ def _load_data(experiment, config: dict, data_dir: Optional[str]) -> data.Splits
                      validation_fraction=config.get("validation_fraction", 0.1))
 
 
-def _pipelines(experiment, splits: data.Splits, batch_size: int, seed: int, config):
+def _pipelines(experiment, splits: data.Splits, batch_size: int, seed: int, config,
+               static_shapes: bool = False):
     augment = getattr(experiment, "augment", None)
     if augment is not None:
         augment = functools.partial(_call_augment, augment, config)
     train = data.make_pipeline(splits.train, batch_size, training=True,
                                num_examples=splits.num_train, seed=seed, augment=augment)
     validation = data.make_pipeline(splits.validation, batch_size, training=False,
-                                    num_examples=splits.num_validation)
+                                    num_examples=splits.num_validation,
+                                    static_shapes=static_shapes)
     test = data.make_pipeline(splits.test, batch_size, training=False,
-                              num_examples=splits.num_test)
+                              num_examples=splits.num_test, static_shapes=static_shapes)
     return train, validation, test
 
 
@@ -302,14 +304,24 @@ class Run:
         if steps_per_epoch == 0:
             raise UserError(f"the training split has {splits.num_train} examples, "
                             f"fewer than one global batch of {batch_size}")
+        # TPUs compile for static shapes: every batch full, evaluation included.
+        static = isinstance(strategy, tf.distribute.TPUStrategy)
         train_ds, val_ds, test_ds = _pipelines(experiment, splits, batch_size,
-                                               options.seed, config)
+                                               options.seed, config, static_shapes=static)
         return cls(options.experiment, options, config, strategy, splits, train_ds,
                    val_ds, test_ds, steps_per_epoch)
 
     @property
     def replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
+
+    @property
+    def num_test_evaluated(self) -> int:
+        """The test examples evaluated: all, but on TPUs whole batches only."""
+        if isinstance(self.strategy, tf.distribute.TPUStrategy):
+            batch = self.config["batch_size"]
+            return self.splits.num_test // batch * batch
+        return self.splits.num_test
 
     @property
     def is_chief(self) -> bool:
@@ -384,7 +396,7 @@ class Run:
             "epochs": len(history),
             "test_accuracy": float(test["accuracy"]),
             "test_loss": float(test["loss"]),
-            "num_test_examples": self.splits.num_test,
+            "num_test_examples": self.num_test_evaluated,
             "seconds_per_epoch": seconds,
             # Steady state: the first epoch includes graph tracing.
             "train_images_per_second": statistics.median(rates[1:] or rates) if rates else None,
