@@ -1,0 +1,57 @@
+"""What the benchmark scripts share: where data comes from, where figures go."""
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402,F401  (tf_keras before TensorFlow)
+from common import data, results  # noqa: E402
+
+
+def mnist_like_data(data_dir: str, dataset: str, fixture_examples: int) -> tuple[str, str]:
+    """(dataset, data_dir) to benchmark on: the given folder; else real
+    Fashion-MNIST where Debian's package installed it; else a fixture of
+    `fixture_examples` synthetic records in the IDX format."""
+    if data_dir:
+        return dataset, data_dir
+    system = data.SYSTEM_DATASETS_DIR / "fashion-mnist"
+    if dataset == "fashion_mnist" and system.is_dir():
+        return dataset, str(system)
+    from tests.fixtures import write_idx_dataset
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="bench-idx-"))
+    write_idx_dataset(folder, num_train=fixture_examples, num_test=max(100, fixture_examples // 6))
+    return "mnist", str(folder)
+
+
+def cifar_fixture(records_per_batch: int) -> str:
+    from tests.fixtures import write_cifar10_batches
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="bench-cifar-"))
+    write_cifar10_batches(folder, records_per_batch=records_per_batch)
+    return str(folder)
+
+
+def write(name: str, results_dir: str, payload: dict) -> pathlib.Path:
+    """Writes results/bench/<name>.json with the machine and the date."""
+    folder = pathlib.Path(results_dir) / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+               **payload}
+    path = folder / f"{name}.json"
+    results.write_json_atomic(path, payload)
+    print(f"Wrote {path}")
+    return path
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -1,0 +1,93 @@
+"""Input pipeline headroom: how much faster the input is than the model eats.
+
+    python bench/pipeline_headroom.py [--steps=50]
+
+For each experiment's training pipeline (with its augmentation), images per
+second of the pipeline alone (after the first pass fills its cache) against
+images per second the model trains on, fed from one cached batch so the
+input costs nothing. Ratio printed per experiment. Target: at least 3.
+mnist_lenet and pruning_qat share one pipeline; cifar_vgg_transfer runs on a
+CIFAR-10-format fixture (real CIFAR-10 cannot be downloaded here), with
+--weights=none and its default input size.
+"""
+
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from absl import app, flags  # noqa: E402
+
+from bench import _util  # noqa: E402
+
+flags.DEFINE_integer("steps", 50, "Training steps timed per model (after warm-up).", lower_bound=2)
+flags.DEFINE_list("experiments", ["mnist_lenet", "cifar_vgg_transfer"], "Experiments to measure.")
+flags.DEFINE_string("data_dir", None, "Folder of MNIST-format files; default: see _util.")
+flags.DEFINE_integer("fixture_examples", 6000, "Synthetic MNIST-format examples when no real data.")
+flags.DEFINE_integer("cifar_records_per_batch", 400, "CIFAR-10 fixture records per batch file.")
+flags.DEFINE_string("results_dir", "results", "Where results/bench/ goes.")
+FLAGS = flags.FLAGS
+
+
+def _images_per_second(dataset, batches: int, batch_size: int) -> float:
+    iterator = iter(dataset)
+    next(iterator)  # start-up
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def measure(name: str, data_dir: str, dataset: str) -> dict:
+    import tensorflow as tf
+    import experiments
+    from common import training
+
+    experiment = experiments.get(name)
+    options = training.RunOptions(experiment=name, data_dir=data_dir, dataset=dataset,
+                                  weights="none" if name == "cifar_vgg_transfer" else None,
+                                  verbose=0)
+    config = training.resolve_config(experiment, options)
+    strategy = tf.distribute.get_strategy()
+    run = training.Run.prepare(experiment, options, config, strategy)
+    batch = config["batch_size"]
+    # A full pass fills the cache; the rate after it is the steady state.
+    for _ in run.train_ds:
+        pass
+    batches = min(run.steps_per_epoch - 1, max(FLAGS.steps * 4, 20))
+    pipeline_rate = _images_per_second(run.train_ds.repeat(), batches, batch)
+
+    model = experiment.build_model(config, run.splits.image_shape, run.splits.num_classes)
+    training.compile_model(model, config, config.get("learning_rate",
+                           config.get("phase1_learning_rate", 1e-3)), 1000)
+    one_batch = run.train_ds.take(1).cache().repeat()
+    model.fit(one_batch, steps_per_epoch=5, epochs=1, verbose=0)  # trace
+    start = time.perf_counter()
+    model.fit(one_batch, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
+    model_rate = FLAGS.steps * batch / (time.perf_counter() - start)
+    return {"pipeline_images_per_second": pipeline_rate,
+            "model_images_per_second": model_rate,
+            "ratio": pipeline_rate / model_rate, "batch_size": batch,
+            "data_source": run.splits.source}
+
+
+def main(argv):
+    dataset, data_dir = _util.mnist_like_data(FLAGS.data_dir, "fashion_mnist",
+                                              FLAGS.fixture_examples)
+    figures = {}
+    for name in FLAGS.experiments:
+        if name == "cifar_vgg_transfer":
+            figures[name] = measure(name, _util.cifar_fixture(FLAGS.cifar_records_per_batch),
+                                    "cifar10")
+        else:
+            figures[name] = measure(name, data_dir, dataset)
+        f = figures[name]
+        print(f"pipeline_headroom: {name}: pipeline {f['pipeline_images_per_second']:,.0f} "
+              f"images/s, model {f['model_images_per_second']:,.0f} images/s, "
+              f"ratio {f['ratio']:.1f}")
+    _util.write("pipeline_headroom", FLAGS.results_dir,
+                {"experiments": figures, "steps": FLAGS.steps, "target": 3.0})
+
+
+if __name__ == "__main__":
+    app.run(main)
