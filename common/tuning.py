@@ -127,7 +127,37 @@ def _make_tuner(experiment, options, config, strategy, sweep_dir, space):
     else:
         raise UserError(f"unknown --tuner={options.tuner!r}; choose one of: {', '.join(TUNERS)}")
     tuner._setup(experiment, options, config, strategy, sweep_dir)
+    _try_defaults_first(tuner.oracle, space, config)
     return tuner
+
+
+def _try_defaults_first(oracle, space: kt.HyperParameters, config: dict) -> None:
+    """Makes the experiment's defaults the first configuration the oracle
+    draws (Hyperband, random and Bayesian all draw new configurations through
+    `_random_values`), so a sweep always measures the baseline it is meant to
+    beat. Keras Tuner records what it tried, so a resumed sweep does not draw
+    the defaults twice."""
+    defaults = {name: config[name] for name in space.values}
+    for hp in space.space:
+        value = defaults[hp.name]
+        if isinstance(hp, kt.engine.hyperparameters.Choice):
+            inside = value in hp.values
+        elif getattr(hp, "min_value", None) is not None:
+            inside = hp.min_value <= value <= hp.max_value
+        else:
+            inside = True
+        if not inside:
+            logging.info("Default %s=%r is outside the search space; not seeding it",
+                         hp.name, value)
+            return
+    draw = oracle._random_values  # pylint: disable=protected-access
+
+    def defaults_then_random():
+        if not oracle._duplicate(defaults):  # pylint: disable=protected-access
+            return dict(defaults)
+        return draw()
+
+    oracle._random_values = defaults_then_random  # pylint: disable=protected-access
 
 
 def _sweep_dir(options) -> tuple[pathlib.Path, bool]:

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from common import training
 from common.errors import UserError
+from experiments.mnist_lenet.config import get_config
 from tests.fixtures import write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -58,6 +59,21 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     assert set(best["hparams"]) == {"learning_rate", "batch_size", "dropout", "epochs"}
     assert best["objective"]["value"] == pytest.approx(max(scores.values()))
     assert best["trials_completed"] == 3
+    # The first trial is the experiment's defaults: the baseline to beat.
+    first = json.loads((trials[0] / "config.json").read_text())["hparams"]
+    defaults = get_config()
+    assert {k: first[k] for k in ("learning_rate", "batch_size", "dropout")} == {
+        k: defaults[k] for k in ("learning_rate", "batch_size", "dropout")}
+    others = [json.loads((t / "config.json").read_text())["hparams"] for t in trials[1:]]
+    assert all(o["learning_rate"] != defaults["learning_rate"] for o in others)
+
+
+def test_bayesian_sweep(tmp_path):
+    (tmp_path / "tfds").mkdir()
+    with tfds.testing.mock_data(num_examples=256):
+        best = training.run(_options(tmp_path, tuner="bayesian", max_trials=3, max_epochs=1))
+    assert best["trials_completed"] == 3
+    assert len(_trials(tmp_path / "results" / "mnist_lenet" / "s")) == 3
 
 
 def test_hyperband_continues_trials_from_their_weights(tmp_path):
