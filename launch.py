@@ -42,6 +42,12 @@ flags.DEFINE_string("results_dir", "results", "Where run folders are created.")
 flags.DEFINE_string("run_name", None, "Run folder name; an unfinished run of that "
                     "name is resumed. Default: a new timestamped folder.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("steps_per_execution", None, "Training steps per call into the "
+                     "graph (Keras compile); default: the experiment's.", lower_bound=1)
+flags.DEFINE_boolean("jit_compile", None, "XLA-compile the train step; default: the "
+                     "experiment's.")
+flags.DEFINE_enum("mixed_precision", None, ("float32", "mixed_float16", "mixed_bfloat16"),
+                  "Keras mixed-precision policy; default: the experiment's.")
 flags.DEFINE_string("hparams_file", None, "JSON of hyperparameters (a sweep's "
                     "best_hparams.json); --hparams still win over it.")
 flags.DEFINE_enum("tuner", "hyperband", ("hyperband", "random", "bayesian"),
@@ -74,7 +80,8 @@ def main(argv):
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose,
         hparams_file=FLAGS.hparams_file, tuner=FLAGS.tuner, max_trials=FLAGS.max_trials,
         max_epochs=FLAGS.max_epochs, hyperband_factor=FLAGS.hyperband_factor,
-        sweep_name=FLAGS.sweep_name)
+        sweep_name=FLAGS.sweep_name, steps_per_execution=FLAGS.steps_per_execution,
+        jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision)
     try:
         training.run(options)
     except UserError as e:

@@ -23,7 +23,7 @@ import tf_keras
 from tensorboard.plugins.hparams import api as hp
 
 import experiments
-from common import data, hparams as hparams_lib, results, strategy as strategy_lib
+from common import data, hparams as hparams_lib, results, speed, strategy as strategy_lib
 from common.errors import UserError
 
 MODES = ("train", "eval", "tune")
@@ -45,6 +45,9 @@ class RunOptions:
     dataset: Optional[str] = None
     weights: Optional[str] = None
     init_from: Optional[str] = None
+    steps_per_execution: Optional[int] = None
+    jit_compile: Optional[bool] = None
+    mixed_precision: Optional[str] = None
     data_dir: Optional[str] = None
     results_dir: str = "results"
     run_name: Optional[str] = None
@@ -67,11 +70,12 @@ class RunOptions:
 def resolve_config(experiment, options: RunOptions) -> dict[str, Any]:
     """The experiment's defaults, then --hparams_file, then --hparams, then
     the dedicated flags (--epochs, --batch_size, ...)."""
-    config = experiment.get_config()
+    config = speed.with_defaults(experiment.get_config())
     if options.hparams_file:
         config = hparams_lib.override(config, hparams_lib.read_file(options.hparams_file))
     config = hparams_lib.override(config, options.hparams)
-    for name in ("epochs", "batch_size", "dataset", "weights", "init_from"):
+    for name in ("epochs", "batch_size", "dataset", "weights", "init_from",
+                 "steps_per_execution", "jit_compile", "mixed_precision"):
         value = getattr(options, name)
         if value is None:
             continue
@@ -80,6 +84,7 @@ def resolve_config(experiment, options: RunOptions) -> dict[str, Any]:
                             f"hyperparameter, so --{name} does not apply; its "
                             f"hyperparameters: {', '.join(sorted(config))}")
         config[name] = value
+    speed.check(config)
     return config
 
 
@@ -133,11 +138,13 @@ def build_optimizer(config: dict, rate: float,
 
 
 def compile_model(model: tf_keras.Model, config: dict, rate: float,
-                  total_steps: int) -> None:
+                  total_steps: int, levers: bool = True) -> None:
+    """Compiles for classification from logits, with the speed levers of
+    `config` (steps_per_execution, jit_compile) unless `levers` is False."""
     model.compile(
         optimizer=build_optimizer(config, rate, total_steps),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"])
+        metrics=["accuracy"], **(speed.compile_arguments(config) if levers else {}))
 
 
 @dataclasses.dataclass
@@ -264,9 +271,10 @@ def execute(experiment, options: RunOptions, config: dict,
             strategy: tf.distribute.Strategy) -> dict[str, Any]:
     """Trains one run of `config` under `strategy` (created by the caller)."""
     tf_keras.utils.set_random_seed(options.seed)
-    if hasattr(experiment, "train"):  # an experiment with a flow of its own
-        return experiment.train(Run.prepare(experiment, options, config, strategy))
-    return train(experiment, options, config, strategy)
+    with speed.precision(config):
+        if hasattr(experiment, "train"):  # an experiment with a flow of its own
+            return experiment.train(Run.prepare(experiment, options, config, strategy))
+        return train(experiment, options, config, strategy)
 
 
 @dataclasses.dataclass

@@ -98,7 +98,8 @@ def build_model(config: dict, image_shape: tuple[int, ...],
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(config["head_units"], activation="relu", name="head_dense")(x)
     x = layers.Dropout(config["head_dropout"], name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    # float32 logits under mixed precision too: a stable softmax and loss.
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return tf_keras.Model(inputs, outputs, name="vgg16_transfer")
 
 

@@ -25,5 +25,6 @@ def build_model(config: dict, image_shape: tuple[int, ...],
     x = layers.Dense(84, activation="relu", name="fc2")(x)
     if dropout:
         x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    # float32 logits under mixed precision too: a stable softmax and loss.
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return tf_keras.Model(inputs, outputs, name="lenet5")

@@ -115,7 +115,9 @@ def _prune(run: Run, stages: _Stages, first: int, end: int) -> tf_keras.Model:
     source = stages.load("baseline", run.strategy)
     with run.strategy.scope():
         pruned = compression.prune(source, compression.pruning_schedule(config, steps))
-        compile_model(pruned, config, config["pruning_learning_rate"], steps)
+        # No levers here: UpdatePruningStep advances the schedule once per
+        # call into the graph, and TFMOT's wrappers are not XLA-tested.
+        compile_model(pruned, config, config["pruning_learning_rate"], steps, levers=False)
     run.fit(pruned, first, end, backup_name="pruned", extra_callbacks=[
         tfmot.sparsity.keras.UpdatePruningStep(),
         tfmot.sparsity.keras.PruningSummaries(log_dir=str(run.write_dir / "logs" / "pruning")),
@@ -131,7 +133,7 @@ def _pqat_under(strategy, run: Run, stages: _Stages, first: int, end: int):
     stripped = stages.load("pruned", strategy)
     with strategy.scope():
         model = compression.quantize_preserving_sparsity(stripped)
-        compile_model(model, config, config["qat_learning_rate"], steps)
+        compile_model(model, config, config["qat_learning_rate"], steps, levers=False)
     if strategy is run.strategy:
         run.fit(model, first, end, backup_name="pqat")
     else:

@@ -1,0 +1,103 @@
+"""Speed levers, each against its absence, side by side in one run.
+
+    python bench/levers.py [--experiments=mnist_lenet,cifar_vgg_transfer --steps=100]
+
+For each experiment, training images per second through its real pipeline
+and model with: nothing (steps_per_execution=1, no XLA, float32), each
+steps_per_execution in --spe_values, jit_compile, mixed_bfloat16 (where the
+CPU or accelerator has bfloat16), and the experiment's own defaults. The
+configurations take turns round after round; medians and ratios against the
+plain configuration are printed. cifar_vgg_transfer runs on a CIFAR-10-format
+fixture with --weights=none (throughput does not depend on the pixels).
+"""
+
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from absl import app, flags  # noqa: E402
+
+from bench import _util  # noqa: E402
+
+flags.DEFINE_list("experiments", ["mnist_lenet", "cifar_vgg_transfer"], "Experiments.")
+flags.DEFINE_list("spe_values", ["8", "32"], "steps_per_execution values to try.")
+flags.DEFINE_integer("steps", 128, "Timed training steps per configuration and round.",
+                     lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Rounds, the configurations taking turns.", lower_bound=1)
+flags.DEFINE_string("data_dir", None, "Folder of MNIST-format files; default: see _util.")
+flags.DEFINE_integer("fixture_examples", 12000, "Synthetic examples when no real data.")
+flags.DEFINE_integer("cifar_records_per_batch", 400, "CIFAR-10 fixture records per batch file.")
+flags.DEFINE_string("results_dir", "results", "Where results/bench/ goes.")
+FLAGS = flags.FLAGS
+
+
+def configurations(defaults: dict) -> dict[str, dict]:
+    from common import speed
+    plain = {"steps_per_execution": 1, "jit_compile": False, "mixed_precision": "float32"}
+    configs = {"plain": plain}
+    for value in FLAGS.spe_values:
+        configs[f"steps_per_execution={value}"] = {**plain, "steps_per_execution": int(value)}
+    configs["jit_compile"] = {**plain, "jit_compile": True}
+    if speed.cpu_has_bfloat16():
+        configs["mixed_bfloat16"] = {**plain, "mixed_precision": "mixed_bfloat16"}
+    configs["experiment defaults"] = {k: defaults[k] for k in plain}
+    return configs
+
+
+def _rate(experiment, run, config, steps) -> float:
+    from common import speed, training
+    with speed.precision(config):
+        model = experiment.build_model(config, run.splits.image_shape, run.splits.num_classes)
+        rate = config.get("learning_rate", config.get("phase1_learning_rate", 1e-3))
+        training.compile_model(model, config, rate, 10_000)
+        data = run.train_ds.repeat()
+        spe = config["steps_per_execution"]
+        warm = max(spe, 2 * spe)
+        model.fit(data, steps_per_epoch=warm, epochs=1, verbose=0)  # trace / compile
+        timed = max(spe, steps // spe * spe)
+        start = time.perf_counter()
+        model.fit(data, steps_per_epoch=timed, epochs=1, verbose=0)
+        return timed * config["batch_size"] / (time.perf_counter() - start)
+
+
+def measure(name: str, data_dir: str, dataset: str) -> dict:
+    import tensorflow as tf
+    import experiments
+    from common import training
+
+    experiment = experiments.get(name)
+    options = training.RunOptions(experiment=name, data_dir=data_dir, dataset=dataset,
+                                  weights="none" if name == "cifar_vgg_transfer" else None)
+    config = training.resolve_config(experiment, options)
+    run = training.Run.prepare(experiment, options, config, tf.distribute.get_strategy())
+    configs = configurations(config)
+    samples = {label: [] for label in configs}
+    for _ in range(FLAGS.rounds):
+        for label, levers in configs.items():
+            samples[label].append(_rate(experiment, run, {**config, **levers}, FLAGS.steps))
+    medians = {label: _util.median(values) for label, values in samples.items()}
+    return {"batch_size": config["batch_size"], "configurations": configs,
+            "images_per_second": samples, "median_images_per_second": medians,
+            "ratio_vs_plain": {label: medians[label] / medians["plain"] for label in medians}}
+
+
+def main(argv):
+    dataset, data_dir = _util.mnist_like_data(FLAGS.data_dir, "fashion_mnist",
+                                              FLAGS.fixture_examples)
+    figures = {}
+    for name in FLAGS.experiments:
+        if name == "cifar_vgg_transfer":
+            figures[name] = measure(name, _util.cifar_fixture(FLAGS.cifar_records_per_batch),
+                                    "cifar10")
+        else:
+            figures[name] = measure(name, data_dir, dataset)
+        for label, ratio in figures[name]["ratio_vs_plain"].items():
+            rate = figures[name]["median_images_per_second"][label]
+            print(f"levers: {name}: {label}: {rate:,.0f} images/s, ratio {ratio:.2f}")
+    _util.write("levers", FLAGS.results_dir, {"experiments": figures, "steps": FLAGS.steps,
+                                              "rounds": FLAGS.rounds})
+
+
+if __name__ == "__main__":
+    app.run(main)

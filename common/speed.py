@@ -1,0 +1,87 @@
+"""Speed levers every experiment accepts: steps_per_execution, XLA, mixed precision.
+
+They are hyperparameters like any other (so they land in config.json and the
+HParams dashboard, and `--hparams` or the dedicated flags set them); an
+experiment's config.py may choose its own defaults, measured with
+bench/levers.py.
+"""
+
+import contextlib
+import pathlib
+import platform
+
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from common.errors import UserError
+
+DEFAULTS = {
+    "steps_per_execution": 1,     # training steps per call into the graph
+    "jit_compile": False,         # XLA for the train step
+    "mixed_precision": "float32",  # or mixed_float16, mixed_bfloat16
+}
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def with_defaults(config: dict) -> dict:
+    """The experiment's config, with the levers it does not set at their
+    project-wide defaults."""
+    return {**DEFAULTS, **config}
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX on
+    x86, BF16 on Arm), read from the kernel's CPU flags."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() == "arm64"  # Apple silicon has BF16
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def check(config: dict) -> None:
+    """One-line errors for values that cannot work or would silently run slower."""
+    if config["steps_per_execution"] < 1:
+        raise UserError(f"steps_per_execution must be at least 1, got "
+                        f"{config['steps_per_execution']}")
+    policy = config["mixed_precision"]
+    if policy not in POLICIES:
+        raise UserError(f"unknown mixed_precision {policy!r}; choose one of: "
+                        f"{', '.join(POLICIES)}")
+    accelerators = (tf.config.list_physical_devices("GPU")
+                    or tf.config.list_logical_devices("TPU"))
+    if policy == "mixed_bfloat16" and not accelerators and not cpu_has_bfloat16():
+        raise UserError("mixed_bfloat16 asked for, but this CPU has no bfloat16 support "
+                        "(no avx512_bf16 or amx_bf16): it would only run slower; use "
+                        "mixed_precision=float32")
+    if policy == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        raise UserError("mixed_float16 needs a GPU to be faster; on this machine's CPU it "
+                        "would only run slower (use mixed_bfloat16 where the CPU has "
+                        "bfloat16, or float32)")
+
+
+@contextlib.contextmanager
+def precision(config: dict):
+    """Sets the Keras mixed-precision policy for building and training, and
+    restores float32 afterwards. Under mixed_float16, tf_keras' compile wraps
+    the optimizer in a LossScaleOptimizer by itself."""
+    policy = config["mixed_precision"]
+    previous = tf_keras.mixed_precision.global_policy().name
+    tf_keras.mixed_precision.set_global_policy(policy)
+    if policy != "float32":
+        logging.info("Mixed precision: %s (variables float32, classifier output float32)",
+                     policy)
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def compile_arguments(config: dict) -> dict:
+    return {"steps_per_execution": config["steps_per_execution"],
+            "jit_compile": config["jit_compile"]}
