@@ -55,3 +55,13 @@ def median(values):
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def experiment_data(name: str, data_dir, fixture_examples: int,
+                    cifar_records_per_batch: int) -> tuple[str, str]:
+    """(dataset, data_dir) for an experiment's benchmark: CIFAR-10 fixture
+    files for cifar_vgg_transfer (real CIFAR-10 cannot be downloaded here),
+    MNIST-format data for the others."""
+    if name == "cifar_vgg_transfer":
+        return "cifar10", cifar_fixture(cifar_records_per_batch)
+    return mnist_like_data(data_dir, "fashion_mnist", fixture_examples)

@@ -83,15 +83,11 @@ def measure(name: str, data_dir: str, dataset: str) -> dict:
 
 
 def main(argv):
-    dataset, data_dir = _util.mnist_like_data(FLAGS.data_dir, "fashion_mnist",
-                                              FLAGS.fixture_examples)
     figures = {}
     for name in FLAGS.experiments:
-        if name == "cifar_vgg_transfer":
-            figures[name] = measure(name, _util.cifar_fixture(FLAGS.cifar_records_per_batch),
-                                    "cifar10")
-        else:
-            figures[name] = measure(name, data_dir, dataset)
+        dataset, data_dir = _util.experiment_data(name, FLAGS.data_dir, FLAGS.fixture_examples,
+                                                  FLAGS.cifar_records_per_batch)
+        figures[name] = measure(name, data_dir, dataset)
         for label, ratio in figures[name]["ratio_vs_plain"].items():
             rate = figures[name]["median_images_per_second"][label]
             print(f"levers: {name}: {label}: {rate:,.0f} images/s, ratio {ratio:.2f}")

@@ -72,15 +72,11 @@ def measure(name: str, data_dir: str, dataset: str) -> dict:
 
 
 def main(argv):
-    dataset, data_dir = _util.mnist_like_data(FLAGS.data_dir, "fashion_mnist",
-                                              FLAGS.fixture_examples)
     figures = {}
     for name in FLAGS.experiments:
-        if name == "cifar_vgg_transfer":
-            figures[name] = measure(name, _util.cifar_fixture(FLAGS.cifar_records_per_batch),
-                                    "cifar10")
-        else:
-            figures[name] = measure(name, data_dir, dataset)
+        dataset, data_dir = _util.experiment_data(name, FLAGS.data_dir, FLAGS.fixture_examples,
+                                                  FLAGS.cifar_records_per_batch)
+        figures[name] = measure(name, data_dir, dataset)
         f = figures[name]
         print(f"pipeline_headroom: {name}: pipeline {f['pipeline_images_per_second']:,.0f} "
               f"images/s, model {f['model_images_per_second']:,.0f} images/s, "

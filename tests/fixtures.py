@@ -1,5 +1,6 @@
 """Fixture files in the datasets' original formats, written by the tests."""
 
+import csv
 import gzip
 import io
 import pathlib
@@ -70,3 +71,12 @@ def write_cifar10_batches(folder: pathlib.Path, records_per_batch: int = 40,
     for name, payload in batches.items():
         (out / name).write_bytes(payload)
     return out
+
+
+def history_epochs(run_dir: pathlib.Path) -> list[int]:
+    """The epoch column of a run's history.csv, raw (duplicates kept)."""
+    path = pathlib.Path(run_dir) / "history.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]

@@ -59,3 +59,13 @@ def test_compression_runs_a_small_pipeline_when_there_is_no_run(tmp_path):
     figures = json.loads((tmp_path / "bench" / "compression.json").read_text())
     assert figures["size_ratio"] > 3  # int8 weights against float32
     assert figures["latency_ratio_xnnpack"] > 0 and "int8/float latency" in out
+
+
+def test_levers(tmp_path, idx_dir):
+    out = bench("levers.py", "--experiments=mnist_lenet", "--steps=8", "--rounds=1",
+                "--spe_values=4", f"--data_dir={idx_dir}", f"--results_dir={tmp_path}")
+    figures = json.loads((tmp_path / "bench" / "levers.json").read_text())["experiments"]
+    ratios = figures["mnist_lenet"]["ratio_vs_plain"]
+    assert ratios["plain"] == 1.0
+    assert {"steps_per_execution=4", "jit_compile", "experiment defaults"} <= set(ratios)
+    assert all(r > 0 for r in ratios.values()) and "steps_per_execution=4" in out

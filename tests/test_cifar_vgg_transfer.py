@@ -1,6 +1,5 @@
 """cifar_vgg_transfer: CIFAR-10 files, VGG16 weights, the two phases, resume."""
 
-import csv
 import json
 import pathlib
 import signal
@@ -18,7 +17,7 @@ import tf_keras
 from common import data, local_files, training
 from common.errors import UserError
 from experiments.cifar_vgg_transfer import model as vgg_model
-from tests.fixtures import write_cifar10_batches
+from tests.fixtures import history_epochs, write_cifar10_batches
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAST = ("phase1_epochs=1", "phase2_epochs=1", "head_units=32")
@@ -230,13 +229,6 @@ def test_weights_by_path_and_what_each_phase_trains(tmp_path, cifar_dir, weights
             assert _same(after_phase2[name], weights), name
 
 
-def _epoch_rows(run_dir):
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
-
 
 def test_killed_in_phase2_resumes_in_phase2(tmp_path, cifar_dir, weights_file):
     args = [sys.executable, str(ROOT / "launch.py"), "--experiment=cifar_vgg_transfer",
@@ -248,13 +240,13 @@ def test_killed_in_phase2_resumes_in_phase2(tmp_path, cifar_dir, weights_file):
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while 1 not in _epoch_rows(run_dir) and time.monotonic() < deadline:
+    while 1 not in history_epochs(run_dir) and time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail("the run ended before it could be interrupted")
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = _epoch_rows(run_dir)
+    done_before = history_epochs(run_dir)
     assert 1 in done_before and len(done_before) < 5  # killed inside phase 2
 
     resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -264,7 +256,7 @@ def test_killed_in_phase2_resumes_in_phase2(tmp_path, cifar_dir, weights_file):
     assert "Phase phase2_finetune" in output and "Epoch 1/" not in output
     first_epoch = int(output.split("Epoch ")[1].split("/")[0])
     assert first_epoch == len(done_before) + 1
-    assert _epoch_rows(run_dir) == [0, 1, 2, 3, 4]
+    assert history_epochs(run_dir) == [0, 1, 2, 3, 4]
     # The resumed phase 2 trained block 5 only: the base was unfrozen there.
     expected = _file_weights(weights_file)
     final = _run_base_weights(run_dir)

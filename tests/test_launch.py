@@ -1,6 +1,5 @@
 """launch.py as a user runs it: a subprocess, flags, exit codes, stderr."""
 
-import csv
 import os
 import pathlib
 import signal
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from tests.fixtures import write_idx_dataset
+from tests.fixtures import history_epochs, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -63,13 +62,6 @@ def test_corrupt_file_is_one_line_and_no_run_is_reported(tmp_path):
     assert not list((tmp_path / "results").glob("*/*/metrics.json"))
 
 
-def _epoch_rows(run_dir):
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
-
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=2000, num_test=100)
@@ -81,13 +73,13 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not _epoch_rows(run_dir) and time.monotonic() < deadline:
+    while not history_epochs(run_dir) and time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail("the run ended before it could be interrupted")
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = _epoch_rows(run_dir)
+    done_before = history_epochs(run_dir)
     assert done_before and len(done_before) < epochs
     assert not (run_dir / "metrics.json").exists()
 
@@ -98,6 +90,6 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     first_epoch = int(output.split("Epoch ")[1].split("/")[0])
     assert first_epoch == len(done_before) + 1  # Keras counts from 1
     assert "Epoch 1/" not in output  # no epoch was redone
-    rows = _epoch_rows(run_dir)
+    rows = history_epochs(run_dir)
     assert rows == list(range(epochs))  # each epoch exactly once
     assert (run_dir / "metrics.json").exists()

@@ -1,6 +1,5 @@
 """MultiWorkerMirroredStrategy: two worker processes on localhost."""
 
-import csv
 import json
 import os
 import pathlib
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from tests.fixtures import write_idx_dataset
+from tests.fixtures import history_epochs, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -51,13 +50,6 @@ def test_two_workers_train_one_run_with_identical_weights(tmp_path, idx_dir):
     assert len(metrics["history"]) == 2
 
 
-def _history_epochs(run_dir):
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
-
 
 def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=1600, num_test=100)
@@ -75,7 +67,7 @@ def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path):
         if match:
             worker_pids[int(match.group(1))] = int(match.group(2))
     deadline = time.monotonic() + 240
-    while not _history_epochs(run_dir) and time.monotonic() < deadline:
+    while not history_epochs(run_dir) and time.monotonic() < deadline:
         assert helper.poll() is None, "the job ended before a worker could be killed"
         time.sleep(0.05)
     os.kill(worker_pids[1], signal.SIGKILL)
@@ -85,7 +77,7 @@ def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path):
     assert time.monotonic() - killed_at < 60  # stopped cleanly, no hang
     assert "worker 1 exited with -9; stopping the others" in output
     assert "--run_name=ft" in output
-    done_before = _history_epochs(run_dir)
+    done_before = history_epochs(run_dir)
     assert done_before and len(done_before) < epochs
     assert not (run_dir / "metrics.json").exists()
 
@@ -93,7 +85,7 @@ def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "Resuming run" in resumed.stdout
     assert "[worker 0] Epoch 1/" not in resumed.stdout  # resumed, not restarted
-    epochs_seen = _history_epochs(run_dir)
+    epochs_seen = history_epochs(run_dir)
     assert sorted(set(epochs_seen)) == list(range(epochs))
     assert len(epochs_seen) - len(set(epochs_seen)) <= 1  # at most the epoch cut short
     assert json.loads((run_dir / "metrics.json").read_text())["num_replicas"] == 2

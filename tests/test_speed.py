@@ -32,14 +32,15 @@ def test_compile_arguments_reach_the_model():
 
 
 def test_levers_through_the_runner(tmp_path):
+    precision = "mixed_bfloat16" if speed.cpu_has_bfloat16() else "float32"
     folder = write_idx_dataset(tmp_path / "idx", num_train=320, num_test=64)
     metrics = training.run(training.RunOptions(
         experiment="mnist_lenet", data_dir=str(folder), results_dir=str(tmp_path / "r"),
         epochs=2, batch_size=16, verbose=0, run_name="fast", steps_per_execution=6,
-        jit_compile=True, mixed_precision="mixed_bfloat16"))
+        jit_compile=True, mixed_precision=precision))
     config = json.loads((tmp_path / "r/mnist_lenet/fast/config.json").read_text())["hparams"]
     assert (config["steps_per_execution"], config["jit_compile"],
-            config["mixed_precision"]) == (6, True, "mixed_bfloat16")
+            config["mixed_precision"]) == (6, True, precision)
     assert [row["epoch"] for row in metrics["history"]] == [0, 1]
     assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]
     assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored
