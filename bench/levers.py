@@ -91,8 +91,9 @@ def main(argv):
         for label, ratio in figures[name]["ratio_vs_plain"].items():
             rate = figures[name]["median_images_per_second"][label]
             print(f"levers: {name}: {label}: {rate:,.0f} images/s, ratio {ratio:.2f}")
-    _util.write("levers", FLAGS.results_dir, {"experiments": figures, "steps": FLAGS.steps,
-                                              "rounds": FLAGS.rounds})
+    # One file per experiment list, so separate runs do not overwrite each other.
+    _util.write("levers_" + "_".join(FLAGS.experiments), FLAGS.results_dir,
+                {"experiments": figures, "steps": FLAGS.steps, "rounds": FLAGS.rounds})
 
 
 if __name__ == "__main__":

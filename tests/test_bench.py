@@ -64,7 +64,7 @@ def test_compression_runs_a_small_pipeline_when_there_is_no_run(tmp_path):
 def test_levers(tmp_path, idx_dir):
     out = bench("levers.py", "--experiments=mnist_lenet", "--steps=8", "--rounds=1",
                 "--spe_values=4", f"--data_dir={idx_dir}", f"--results_dir={tmp_path}")
-    figures = json.loads((tmp_path / "bench" / "levers.json").read_text())["experiments"]
+    figures = json.loads((tmp_path / "bench" / "levers_mnist_lenet.json").read_text())["experiments"]
     ratios = figures["mnist_lenet"]["ratio_vs_plain"]
     assert ratios["plain"] == 1.0
     assert {"steps_per_execution=4", "jit_compile", "experiment defaults"} <= set(ratios)
