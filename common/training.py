@@ -89,22 +89,33 @@ def resolve_config(experiment, options: RunOptions) -> dict[str, Any]:
 
 
 class EpochTimer(tf_keras.callbacks.Callback):
-    """Adds seconds per epoch and training images per second to the logs, so
-    the CSV history and TensorBoard record them next to loss and accuracy."""
+    """Adds to the logs, so the CSV history and TensorBoard record them:
+    `train_seconds` (the epoch's training steps only, up to validation),
+    `images_per_second` (training images over train_seconds) and
+    `epoch_seconds` (the whole epoch: training, validation, callbacks)."""
 
     def __init__(self, images_per_epoch: int):
         super().__init__()
         self.images_per_epoch = images_per_epoch
-        self._start = 0.0
+        self._start = self._train_end = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._train_end = 0.0
+
+    def on_test_begin(self, logs=None):
+        # fit() validates through the same callbacks: training is over.
+        if self._start and not self._train_end:
+            self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._start
+        now = time.perf_counter()
+        train = (self._train_end or now) - self._start
         if logs is not None:
-            logs["epoch_seconds"] = seconds
-            logs["images_per_second"] = self.images_per_epoch / seconds
+            logs["train_seconds"] = train
+            logs["epoch_seconds"] = now - self._start
+            logs["images_per_second"] = self.images_per_epoch / train
+        self._start = 0.0
 
 
 LR_SCHEDULES = ("constant", "cosine")

@@ -47,6 +47,9 @@ def get_config() -> dict:
         "latency_invocations": 500,        # per round, per model
         "latency_rounds": 7,
         "early_stopping_patience": 0,      # 0: off
+        # For the baseline stage (pruning and QAT always run one step per
+        # call): mnist_lenet's measured choice.
+        "steps_per_execution": 32,
     }
 
 
