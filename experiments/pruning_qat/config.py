@@ -49,7 +49,7 @@ def get_config() -> dict:
         "early_stopping_patience": 0,      # 0: off
         # For the baseline stage (pruning and QAT always run one step per
         # call): mnist_lenet's measured choice.
-        "steps_per_execution": 32,
+        "steps_per_execution": 128,
     }
 
 
