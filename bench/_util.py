@@ -1,7 +1,6 @@
 """What the benchmark scripts share: where data comes from, where figures go."""
 
 import datetime
-import json
 import os
 import pathlib
 import platform

@@ -12,7 +12,6 @@ naming the file.
 
 import dataclasses
 import gzip
-import io
 import pathlib
 import struct
 import tarfile

@@ -7,7 +7,6 @@ be set up before TensorFlow initialises its runtime.
 
 import json
 import os
-from typing import Optional
 
 import tensorflow as tf
 

@@ -1,6 +1,5 @@
 """launch.py as a user runs it: a subprocess, flags, exit codes, stderr."""
 
-import os
 import pathlib
 import signal
 import subprocess
