@@ -81,12 +81,17 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend: no display needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    return pyplot
+
+
 def plot_curves(runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
     """Loss and accuracy per epoch, training solid and validation dashed."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     chosen = sorted((r for r in runs if r.get("history")),
                     key=lambda r: r.get("test_accuracy") or 0, reverse=True)[:max_runs]
     if not chosen:
@@ -114,10 +119,7 @@ def plot_curves(runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
 def plot_compression(runs: list[dict], path: pathlib.Path) -> bool:
     """pruning_qat: test accuracy against gzip size (what pruning buys) for
     every stage of every run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     staged = [r for r in runs if r.get("stages")]
     if not staged:
         return False

@@ -227,7 +227,7 @@ def _write_test_scalars(run_dir: pathlib.Path, step: int, test: dict) -> None:
     writer.close()
 
 
-def _load_data(experiment, config: dict, data_dir: Optional[str]) -> data.Splits:
+def _load_data(config: dict, data_dir: Optional[str]) -> data.Splits:
     return data.load(config["dataset"], data_dir=data_dir,
                      validation_fraction=config.get("validation_fraction", 0.1))
 
@@ -317,7 +317,7 @@ class Run:
     @classmethod
     def prepare(cls, experiment, options: RunOptions, config: dict,
                 strategy: tf.distribute.Strategy) -> "Run":
-        splits = _load_data(experiment, config, options.data_dir)
+        splits = _load_data(config, options.data_dir)
         batch_size = config["batch_size"]
         steps_per_epoch = splits.num_train // batch_size
         if steps_per_epoch == 0:
@@ -543,7 +543,7 @@ def evaluate(experiment, options: RunOptions, config: dict,
     if options.dataset is None:
         config["dataset"] = saved["dataset"]
     config["validation_fraction"] = saved.get("validation_fraction", 0.1)
-    splits = _load_data(experiment, config, options.data_dir)
+    splits = _load_data(config, options.data_dir)
     test_ds = data.make_pipeline(splits.test, config["batch_size"], training=False,
                                  num_examples=splits.num_test)
     with strategy.scope():

@@ -4,10 +4,15 @@ import csv
 import gzip
 import io
 import pathlib
+import signal
 import struct
+import subprocess
 import tarfile
+import time
+from typing import Callable
 
 import numpy as np
+import pytest
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
 
@@ -80,3 +85,17 @@ def history_epochs(run_dir: pathlib.Path) -> list[int]:
         return []
     with open(path, newline="") as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240,
+              settle: float = 0.0) -> None:
+    """SIGKILLs `process` as soon as `ready()` holds (after `settle` seconds
+    more); fails the test if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("the run ended before it could be interrupted")
+        time.sleep(0.05)
+    time.sleep(settle)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -2,10 +2,8 @@
 
 import json
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ import tf_keras
 from common import data, local_files, training
 from common.errors import UserError
 from experiments.cifar_vgg_transfer import model as vgg_model
-from tests.fixtures import history_epochs, write_cifar10_batches
+from tests.fixtures import kill_when, history_epochs, write_cifar10_batches
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAST = ("phase1_epochs=1", "phase2_epochs=1", "head_units=32")
@@ -238,13 +236,7 @@ def test_killed_in_phase2_resumes_in_phase2(tmp_path, cifar_dir, weights_file):
     run_dir = tmp_path / "results" / "cifar_vgg_transfer" / "r"
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while 1 not in history_epochs(run_dir) and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the run ended before it could be interrupted")
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(process, lambda: 1 in history_epochs(run_dir), timeout=300)
     done_before = history_epochs(run_dir)
     assert 1 in done_before and len(done_before) < 5  # killed inside phase 2
 

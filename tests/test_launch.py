@@ -1,14 +1,12 @@
 """launch.py as a user runs it: a subprocess, flags, exit codes, stderr."""
 
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.fixtures import history_epochs, write_idx_dataset
+from tests.fixtures import kill_when, history_epochs, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -71,13 +69,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     run_dir = tmp_path / "results" / "mnist_lenet" / "resume"
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not history_epochs(run_dir) and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the run ended before it could be interrupted")
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(process, lambda: bool(history_epochs(run_dir)))
     done_before = history_epochs(run_dir)
     assert done_before and len(done_before) < epochs
     assert not (run_dir / "metrics.json").exists()

@@ -2,10 +2,8 @@
 
 import json
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import tensorflow as tf
@@ -14,7 +12,7 @@ import tensorflow_datasets as tfds
 from common import training
 from common.errors import UserError
 from experiments.mnist_lenet.config import get_config
-from tests.fixtures import write_idx_dataset
+from tests.fixtures import kill_when, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -150,14 +148,9 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     sweep_dir = tmp_path / "results" / "mnist_lenet" / "resume"
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(sweep_dir.glob("trial_*/metrics.json")) and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("the sweep ended before it could be interrupted")
-        time.sleep(0.05)
-    time.sleep(0.5)  # let Keras Tuner record the finished trial
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # settle: let Keras Tuner record the finished trial before the kill.
+    kill_when(process, lambda: bool(list(sweep_dir.glob("trial_*/metrics.json"))),
+              settle=0.5)
     finished_before = {p.parent.name: p.stat().st_mtime_ns
                        for p in sweep_dir.glob("trial_*/metrics.json")}
     assert 1 <= len(finished_before) < 3

@@ -5,6 +5,7 @@ stage k resumes in stage k (and inside it, from its BackupAndRestore backup)
 instead of starting over.
 """
 
+import dataclasses
 import pathlib
 import shutil
 
@@ -134,11 +135,8 @@ def _pqat_under(strategy, run: Run, stages: _Stages, first: int, end: int):
     with strategy.scope():
         model = compression.quantize_preserving_sparsity(stripped)
         compile_model(model, config, config["qat_learning_rate"], steps, levers=False)
-    if strategy is run.strategy:
-        run.fit(model, first, end, backup_name="pqat")
-    else:
-        fallback = Run(**{**run.__dict__, "strategy": strategy})
-        fallback.fit(model, first, end, backup_name="pqat")
+    # The same run, trained under `strategy` (the default one when falling back).
+    dataclasses.replace(run, strategy=strategy).fit(model, first, end, backup_name="pqat")
     return model
 
 
