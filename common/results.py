@@ -79,21 +79,23 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise UserError(f"bad --run_name {run_name!r}: use a plain folder name")
     path = parent / run_name
-    if not path.exists():
-        path.mkdir()
-        return path, False
+    # exist_ok: in a cluster another worker may create the folder (for its
+    # workertemp_<i>/) at the same moment. A run has started once its
+    # config.json exists; a folder without one holds nothing to resume.
+    path.mkdir(exist_ok=True)
     if (path / METRICS_FILE).exists():
         raise UserError(f"run {path} already finished; choose another --run_name "
                         "(runs are never overwritten)")
     config_path = path / CONFIG_FILE
-    if config_path.exists():
-        previous = read_json(config_path).get("hparams")
-        if previous is not None and previous != hparams:
-            changed = sorted(k for k in set(previous) | set(hparams)
-                             if previous.get(k) != hparams.get(k))
-            raise UserError(f"run {path} was started with different "
-                            f"hyperparameters ({', '.join(changed)}); resume it "
-                            "with the same ones or choose another --run_name")
+    if not config_path.exists():
+        return path, False
+    previous = read_json(config_path).get("hparams")
+    if previous is not None and previous != hparams:
+        changed = sorted(k for k in set(previous) | set(hparams)
+                         if previous.get(k) != hparams.get(k))
+        raise UserError(f"run {path} was started with different "
+                        f"hyperparameters ({', '.join(changed)}); resume it "
+                        "with the same ones or choose another --run_name")
     return path, True
 
 
