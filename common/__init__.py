@@ -7,9 +7,50 @@ TensorFlow is first imported, so every entry point (launch.py, the tests)
 imports `common` before anything else.
 """
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up chatter (oneDNN notices, CUDA probes) is noise for
 # users; a caller who wants it can still set the variable explicitly.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# What TensorFlow's native code prints while it loads and looks for devices
+# on a machine without GPUs: not errors of the user's run.
+_STARTUP_NOISE = re.compile(
+    r"cudart_stub|failed call to cuInit|Could not find cuda drivers|"
+    r"All log messages before absl::InitializeLog|oneDNN custom operations|"
+    r"rebuild TensorFlow with the appropriate compiler flags|"
+    r"This TensorFlow binary is optimized|TF-TRT Warning|Unable to register cu(DNN|FFT|BLAS)|"
+    r"computation placer already registered|cuda_(dnn|fft|blas)\.cc")
+
+
+@contextlib.contextmanager
+def quiet_native_startup():
+    """Runs the block (TensorFlow's import and device discovery) with the
+    process's stderr captured, then replays every line but TensorFlow's
+    start-up noise. Python-level output and errors pass through unchanged."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    fd = sys.stderr.fileno()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), fd)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _STARTUP_NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()

@@ -8,9 +8,9 @@ Where data comes from, in order:
   1. `--data_dir` holding the original distribution files (MNIST and
      Fashion-MNIST IDX files, CIFAR-10's binary version): read and validated
      by common/local_files.py.
-  2. A prepared TFDS copy (in `--data_dir`, or TFDS' default folder).
-  3. Without `--data_dir`: the folder Debian's dataset packages install to,
+  2. Without `--data_dir`: the folder Debian's dataset packages install to,
      /usr/share/datasets/<name>/ (`apt install dataset-fashion-mnist`).
+  3. A prepared TFDS copy (in `--data_dir`, or TFDS' default folder).
   4. A TFDS download; with no network, one line saying so and naming the
      local-files alternative (TFDS would otherwise retry for minutes).
 
@@ -49,6 +49,7 @@ class Splits:
     image_shape: tuple[int, ...]
     num_classes: int
     source: str  # "tfds" or the folder the original files were read from
+    class_names: tuple[str, ...] = ()  # in class-index order
 
 
 def _system_folder(name: str) -> Optional[pathlib.Path]:
@@ -78,7 +79,7 @@ def _load_local(name: str, folder: pathlib.Path, validation_fraction: float) -> 
         test=to_ds(x_test, y_test),
         num_train=cut, num_validation=num_val, num_test=len(x_test),
         image_shape=tuple(x_train.shape[1:]), num_classes=fmt.num_classes,
-        source=str(folder))
+        source=str(folder), class_names=local_files.CLASS_NAMES[name])
 
 
 # ---------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def _tfds_splits(name: str, data_dir: Optional[str], validation_fraction: float,
         train=train, validation=validation, test=test,
         num_train=_count(train), num_validation=_count(validation),
         num_test=_count(test), image_shape=tuple(image.shape),
-        num_classes=label.num_classes, source="tfds")
+        num_classes=label.num_classes, source="tfds", class_names=tuple(label.names))
 
 
 def load(name: str, data_dir: Optional[str] = None,
@@ -138,15 +139,16 @@ def load(name: str, data_dir: Optional[str] = None,
         local = local_files.locate(name, folder)
         if local is not None:
             return _load_local(name, local, validation_fraction)
+    if data_dir is None:
+        # Before TFDS, which would log that it reads a folder it then finds empty.
+        system = _system_folder(name)
+        if system is not None:
+            return _load_local(name, system, validation_fraction)
     try:
         # download=False finds a prepared copy (or tfds.testing.mock_data).
         return _tfds_splits(name, data_dir, validation_fraction, download=False)
     except AssertionError:
         pass  # TFDS' way of saying "not prepared in data_dir".
-    if data_dir is None:
-        system = _system_folder(name)
-        if system is not None:
-            return _load_local(name, system, validation_fraction)
     if not network_available():
         raise UserError(_offline_message(name, data_dir))
     try:
@@ -169,34 +171,30 @@ def _offline_message(name: str, data_dir: Optional[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The pipeline.
+# The pipelines.
 
 def _to_float(images, labels):
     return tf.cast(images, tf.float32), labels
 
 
-def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, training: bool,
-                  num_examples: int, seed: Optional[int] = None,
-                  augment: Optional[Callable] = None,
-                  cache: bool = True, static_shapes: bool = False) -> tf.data.Dataset:
-    """Cache, shuffle and augment (training), batch, cast, prefetch.
+def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, num_examples: int,
+                  seed: Optional[int] = None, augment: Optional[Callable] = None,
+                  deterministic: bool = False) -> tf.data.Dataset:
+    """The training stream: cache, shuffle, augment, batch, cast, prefetch.
 
     `batch_size` is the global batch: a distribution strategy splits each
-    batch across its replicas. Training batches drop the remainder so every
-    step has the same static shape (what TPUs need); evaluation keeps every
-    example so test accuracy is over the whole split, except where
-    `static_shapes` (TPUs) asks every batch to be full. Images stay uint8 until
-    after batching, which keeps the cache small and the cast vectorised.
+    batch across its replicas. Batches drop the remainder so every step has
+    the same static shape (what TPUs need). Images stay uint8 until after
+    batching, which keeps the cache small and the cast vectorised. With
+    `deterministic`, parallel maps keep their order, so a seed repeats the
+    stream exactly. (Evaluation splits go through evaluation.eval_dataset.)
     """
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(max(1, min(num_examples, 60_000)), seed=seed,
-                        reshuffle_each_iteration=True)
-        if augment is not None:
-            ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=training or static_shapes,
-                  num_parallel_calls=AUTOTUNE)
+    ds = ds.cache()
+    ds = ds.shuffle(max(1, min(num_examples, 60_000)), seed=seed,
+                    reshuffle_each_iteration=True)
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
     # Across the workers of a cluster, shard by element (DATA): it works for
     # every source here, in-memory arrays and TFDS splits alike, where FILE
@@ -205,10 +203,46 @@ def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, training: bool,
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
-    # Training order is random anyway: let parallel maps hand over whichever
-    # element is ready first instead of waiting for the next in line.
-    options.deterministic = not training
+    # Training order is random anyway: unless asked to repeat exactly, let
+    # parallel maps hand over whichever element is ready first.
+    options.deterministic = deterministic
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+@dataclasses.dataclass
+class Pipelines:
+    """A run's three streams: training batches (image float32 [B, H, W, C],
+    label int64 [B]) and the evaluation splits as
+    evaluation.eval_dataset() batches (padded, weighted)."""
+    splits: Splits
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    steps_per_epoch: int
+
+
+def pipelines(splits: Splits, batch_size: int, *, num_workers: int = 1, seed: int = 0,
+              augment: Optional[Callable] = None, deterministic: bool = False) -> Pipelines:
+    """Checks the split sizes against the global batch and builds the
+    streams; raises UserError for an empty split or a training split smaller
+    than one global batch."""
+    from common import evaluation
+    if splits.num_train < batch_size:
+        raise UserError(f"the training split has {splits.num_train} examples, fewer than "
+                        f"one global batch of {batch_size}; use a smaller --batch_size")
+    if splits.num_validation < 1:
+        raise UserError(f"the validation split of {splits.source} is empty; raise "
+                        "validation_fraction")
+    if splits.num_test < 1:
+        raise UserError(f"the test split of {splits.source} is empty")
+    train = make_pipeline(splits.train, batch_size, num_examples=splits.num_train, seed=seed,
+                          augment=augment, deterministic=deterministic)
+    return Pipelines(
+        splits=splits, train=train,
+        validation=evaluation.eval_dataset(splits.validation, splits.num_validation,
+                                           batch_size, num_workers),
+        test=evaluation.eval_dataset(splits.test, splits.num_test, batch_size, num_workers),
+        steps_per_epoch=splits.num_train // batch_size)
 
 
 def pad_crop_flip(image: tf.Tensor, label: tf.Tensor, pad: int = 4):

@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can fix."""
+"""The exception types for what a user should read as one line."""
 
 
 class UserError(Exception):
@@ -8,3 +8,8 @@ class UserError(Exception):
     message must name the bad value and, where there is a fixed set of valid
     values, list them.
     """
+
+
+class RunFailed(UserError):
+    """A run that ended without a result (it diverged, for example). Its
+    metrics.json says status "failed" and why; launch.py exits non-zero."""

@@ -11,7 +11,7 @@ import io
 import pathlib
 import statistics
 import time
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -98,15 +98,27 @@ class TFLiteClassifier:
         return logits
 
 
-def tflite_accuracy(path: pathlib.Path, examples: Iterable) -> tuple[float, int]:
-    """Top-1 accuracy of the TFLite model over (image, label) examples."""
+def tflite_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Loss and top-1 accuracy of the TFLite model (logits out) over images
+    uint8 [N, H, W, C] and int labels [N], one example at a time through the
+    interpreter: {"loss", "accuracy", "examples"}."""
+    from common import evaluation
     classifier = TFLiteClassifier(path)
-    correct = total = 0
-    for image, label in examples:
-        logits = classifier.invoke(classifier.prepare(np.asarray(image)))
-        correct += int(np.argmax(logits) == int(label))
-        total += 1
-    return correct / max(total, 1), total
+    logits = np.stack([classifier.invoke(classifier.prepare(image.astype(np.float32)))
+                       for image in images]) if len(images) else np.zeros((0, 1))
+    return evaluation.scores_from_probabilities(logits, labels, from_logits=True)
+
+
+def saved_model_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray,
+                       batch_size: int = 256) -> dict:
+    """Loss and accuracy through a SavedModel's serving_default signature
+    (uint8 images in, "probabilities" out)."""
+    from common import evaluation
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    outputs = [serve(tf.constant(images[i:i + batch_size]))["probabilities"].numpy()
+               for i in range(0, len(images), batch_size)]
+    probabilities = np.concatenate(outputs) if outputs else np.zeros((0, 1))
+    return evaluation.scores_from_probabilities(probabilities, labels)
 
 
 def tflite_weight_sparsity(path: pathlib.Path) -> Optional[float]:

@@ -1,22 +1,142 @@
-"""Hyperparameter overrides from the command line: `name=value` pairs.
+"""Hyperparameters: the shared defaults, their valid values, and overrides.
 
-An experiment's hyperparameters are one flat dict (its `get_config()`); a
-value's type is the type of its default. Overrides are checked against that
-dict so a typo or a wrong type fails before any work starts.
+An experiment's hyperparameters are one flat dict: `SHARED` (what `common/`
+reads, so every experiment has them) extended by the experiment's
+`get_config()`. A value there is either a plain default (its type is then the
+hyperparameter's type) or an `HParam`, which also says what values are valid:
+
+    "dropout": HParam(0.0, ge=0, lt=1),
+    "optimizer": HParam("adam", choices=("adam", "sgd")),
+
+A plain default given for a name of `SHARED` keeps the shared constraints
+(an experiment changes the default, not what is valid). Every value, from
+the defaults, `--hparams_file`, `--hparams` or a dedicated flag, is checked
+against its type and constraints before any work starts; a bad one is a
+UserError naming the value and what is valid.
 """
 
+import dataclasses
 import json
-from typing import Any, Iterable, Mapping
+import math
+from typing import Any, Iterable, Mapping, Optional
 
+from common import choices
 from common.errors import UserError
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_TYPES = (bool, int, float, str)
 
 
-def parse_value(name: str, text: str, default: Any) -> Any:
-    """Converts `text` to the type of `default`, or raises UserError."""
-    kind = type(default)
+@dataclasses.dataclass(frozen=True)
+class HParam:
+    """A default and its valid values: bounds (`ge`, `gt`, `le`, `lt`, for
+    numbers) or `choices`. Floats must also be finite."""
+    default: Any
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    choices: Optional[tuple] = None
+    help: str = ""
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def valid(self) -> str:
+        """What is valid, in words ("float >= 0 and < 1")."""
+        if self.choices is not None:
+            return "one of: " + ", ".join(str(c) for c in self.choices)
+        bounds = [f"{op} {_number(v)}" for op, v in
+                  ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                  if v is not None]
+        return f"{self.kind.__name__}" + (" " + " and ".join(bounds) if bounds else "")
+
+    def check(self, name: str, value: Any) -> None:
+        """Raises UserError unless `value` is valid for hyperparameter `name`."""
+        kind = self.kind
+        ok_type = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+                   or (kind is float and isinstance(value, int)
+                       and not isinstance(value, bool)))
+        if not ok_type:
+            raise UserError(f"bad value {value!r} for hyperparameter {name!r}: "
+                            f"expected {self.valid()}")
+        if kind is float and not math.isfinite(value):
+            raise UserError(f"bad value {value!r} for hyperparameter {name!r}: "
+                            f"expected a finite {self.valid()}")
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"bad value {value!r} for hyperparameter {name!r}: "
+                            f"expected {self.valid()}")
+        for bound, holds in ((self.ge, lambda b: value >= b), (self.gt, lambda b: value > b),
+                             (self.le, lambda b: value <= b), (self.lt, lambda b: value < b)):
+            if bound is not None and not holds(bound):
+                raise UserError(f"bad value {value!r} for hyperparameter {name!r}: "
+                                f"expected {self.valid()}")
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# What common/ reads; every experiment's config extends it. Experiments give
+# their own defaults for these names in get_config().
+SHARED: dict[str, HParam] = {
+    "dataset": HParam("mnist", help="TFDS name (mnist, fashion_mnist, cifar10, ...)"),
+    "validation_fraction": HParam(0.1, gt=0, lt=1,
+                                  help="share of train held out for validation"),
+    "batch_size": HParam(64, ge=1, help="global batch, split across replicas"),
+    "epochs": HParam(10, ge=0, help="single-stage experiments: epochs to train; "
+                     "multi-stage ones: 0 keeps each stage's own, N runs N in every "
+                     "training stage"),
+    "learning_rate": HParam(1e-3, gt=0, help="single-stage experiments' rate"),
+    "optimizer": HParam("adam", choices=choices.OPTIMIZERS),
+    "momentum": HParam(0.9, ge=0, lt=1, help="SGD's momentum"),
+    "lr_schedule": HParam("constant", choices=choices.LR_SCHEDULES,
+                          help="per stage, over that stage's steps"),
+    "early_stopping_patience": HParam(0, ge=0, help="epochs without a better "
+                                      "val_loss before a stage stops; 0: off"),
+    "steps_per_execution": HParam(1, ge=1, help="training steps per call into the graph"),
+    "jit_compile": HParam(False, help="XLA for the train step"),
+    "mixed_precision": HParam("float32", choices=choices.PRECISIONS),
+    "deterministic": HParam(False, help="TensorFlow op determinism and a "
+                            "deterministic input pipeline: the same seed repeats a run"),
+}
+
+
+def specs_of(experiment_config: Mapping[str, Any]) -> dict[str, HParam]:
+    """Every hyperparameter's spec: SHARED, extended and re-defaulted by the
+    experiment's get_config()."""
+    specs = dict(SHARED)
+    for name, value in experiment_config.items():
+        if isinstance(value, HParam):
+            spec = value
+        elif name in SHARED:
+            spec = dataclasses.replace(SHARED[name], default=value)
+        else:
+            spec = HParam(value)
+        if not isinstance(spec.default, _TYPES):
+            raise UserError(f"hyperparameter {name!r} has unsupported type "
+                            f"{type(spec.default).__name__} (bool, int, float or str)")
+        specs[name] = spec
+    return specs
+
+
+def defaults(experiment_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain values of a get_config() dict (HParam specs unwrapped),
+    SHARED included."""
+    return {name: spec.default for name, spec in specs_of(experiment_config).items()}
+
+
+def check_all(config: Mapping[str, Any], specs: Mapping[str, HParam]) -> None:
+    """Checks every value of `config` against its spec."""
+    for name, value in config.items():
+        specs[name].check(name, value)
+
+
+def parse_value(name: str, text: str, spec: HParam) -> Any:
+    """Converts `text` to the hyperparameter's type, or raises UserError."""
+    kind = spec.kind
     try:
         if kind is bool:
             lowered = text.strip().lower()
@@ -29,16 +149,10 @@ def parse_value(name: str, text: str, default: Any) -> Any:
             return int(text)
         if kind is float:
             return float(text)
-        if kind is str:
-            return text
+        return text
     except ValueError:
-        pass
-    else:
-        raise UserError(
-            f"hyperparameter {name!r} has unsupported type {kind.__name__}")
-    raise UserError(
-        f"bad value {text!r} for hyperparameter {name!r}: expected "
-        f"{kind.__name__} (default {default!r})")
+        raise UserError(f"bad value {text!r} for hyperparameter {name!r}: expected "
+                        f"{spec.valid()} (default {spec.default!r})") from None
 
 
 def read_file(path: str) -> list[str]:
@@ -62,19 +176,22 @@ def _as_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def override(defaults: Mapping[str, Any],
-             assignments: Iterable[str]) -> dict[str, Any]:
-    """Returns a copy of `defaults` with `name=value` assignments applied."""
-    config = dict(defaults)
+def override(config: Mapping[str, Any], specs: Mapping[str, HParam],
+             assignments: Iterable[str], source: str = "--hparams") -> dict[str, Any]:
+    """Returns a copy of `config` with `name=value` assignments applied; a
+    name given twice in one source is an error."""
+    config = dict(config)
+    seen: set[str] = set()
     for assignment in assignments:
         name, sep, text = assignment.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise UserError(
-                f"bad --hparams entry {assignment!r}: expected name=value")
-        if name not in defaults:
-            raise UserError(
-                f"unknown hyperparameter {name!r}; valid names: "
-                f"{', '.join(sorted(defaults))}")
-        config[name] = parse_value(name, text.strip(), defaults[name])
+            raise UserError(f"bad {source} entry {assignment!r}: expected name=value")
+        if name not in specs:
+            raise UserError(f"unknown hyperparameter {name!r}; valid names: "
+                            f"{', '.join(sorted(specs))}")
+        if name in seen:
+            raise UserError(f"{source} sets {name!r} twice; give it once")
+        seen.add(name)
+        config[name] = parse_value(name, text.strip(), specs[name])
     return config

@@ -185,6 +185,15 @@ CIFAR10 = LocalFormat(
     locate=_locate_cifar10, read=_read_cifar10, num_classes=10,
     description=f"{CIFAR10_ARCHIVE} or its extracted {CIFAR10_FOLDER}/")
 
+# Class names in class-index order (the datasets' own documentation).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                      "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                "ship", "truck"),
+}
+
 # Datasets with a reader for their original files.
 LOCAL_FORMATS: dict[str, LocalFormat] = {
     "mnist": IDX,

@@ -1,9 +1,11 @@
 """Speed levers every experiment accepts: steps_per_execution, XLA, mixed precision.
 
-They are hyperparameters like any other (so they land in config.json and the
-HParams dashboard, and `--hparams` or the dedicated flags set them); an
-experiment's config.py may choose its own defaults, measured with
-bench/levers.py.
+They are hyperparameters like any other (declared in common.hparams.SHARED,
+so they land in config.json and the HParams dashboard, and `--hparams` or
+the dedicated flags set them); an experiment's config.py may choose its own
+defaults, measured with bench/levers.py. common/fitting.py passes
+steps_per_execution and jit_compile to compile(); this module checks the
+precision against the hardware and sets the Keras policy.
 """
 
 import contextlib
@@ -15,19 +17,6 @@ import tensorflow as tf
 import tf_keras
 
 from common.errors import UserError
-
-DEFAULTS = {
-    "steps_per_execution": 1,     # training steps per call into the graph
-    "jit_compile": False,         # XLA for the train step
-    "mixed_precision": "float32",  # or mixed_float16, mixed_bfloat16
-}
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-def with_defaults(config: dict) -> dict:
-    """The experiment's config, with the levers it does not set at their
-    project-wide defaults."""
-    return {**DEFAULTS, **config}
 
 
 def cpu_has_bfloat16() -> bool:
@@ -44,15 +33,10 @@ def cpu_has_bfloat16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def check(config: dict) -> None:
-    """One-line errors for values that cannot work or would silently run slower."""
-    if config["steps_per_execution"] < 1:
-        raise UserError(f"steps_per_execution must be at least 1, got "
-                        f"{config['steps_per_execution']}")
+def check_hardware(config: dict) -> None:
+    """One-line errors for a precision this machine would only run slower
+    (values themselves are checked with the other hyperparameters)."""
     policy = config["mixed_precision"]
-    if policy not in POLICIES:
-        raise UserError(f"unknown mixed_precision {policy!r}; choose one of: "
-                        f"{', '.join(POLICIES)}")
     accelerators = (tf.config.list_physical_devices("GPU")
                     or tf.config.list_logical_devices("TPU"))
     if policy == "mixed_bfloat16" and not accelerators and not cpu_has_bfloat16():
@@ -80,8 +64,3 @@ def precision(config: dict):
         yield
     finally:
         tf_keras.mixed_precision.set_global_policy(previous)
-
-
-def compile_arguments(config: dict) -> dict:
-    return {"steps_per_execution": config["steps_per_execution"],
-            "jit_compile": config["jit_compile"]}

@@ -3,42 +3,47 @@
 Keras Tuner 1.4 checks models against Keras 3 and rejects tf_keras ones, so
 the tuners here override `run_trial` (Keras Tuner's documented route for any
 model): each trial is an ordinary run of the experiment, through
-`training.execute`, in its own folder:
+`runner.train_run`, in its own folder:
 
     results/<experiment>/<sweep>/
-      sweep.json          the tuner, its settings and the search space
+      sweep.json          the tuner, its settings, the data and the search space
       tuner/              Keras Tuner's state: the same command resumes
-      trial_<id>/         one run folder per trial (config, metrics, logs/)
-      logs/               the sweep's HParams configuration for TensorBoard
+      trial_<n>/          one run folder per trial (config, metrics, logs/);
+                          n counts from 1, as Keras Tuner numbers trials
+      trial_<n>/error.log a failed trial's traceback
       best_hparams.json   written at the end; train it with --hparams_file
+      .lock               held by the process running the sweep
 
 `tensorboard --logdir results/<experiment>/<sweep>` shows the trials side by
-side in the HParams dashboard.
+side in the HParams dashboard; each trial declares its own hyperparameters,
+so `--logdir results` lists sweeps and single runs alike.
 """
 
 import dataclasses
 import pathlib
+import shlex
+import traceback
 from typing import Any
 
 from absl import logging
 import keras_tuner as kt
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hp_api
 
-from common import results, strategy as strategy_lib
+import experiments
+from common import choices, results, strategy as strategy_lib
 from common.errors import UserError
 
-TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVE = "val_accuracy"
 
 
 def search_space(experiment, config: dict) -> kt.HyperParameters:
     """The experiment's declared space, checked against its hyperparameters."""
-    if not hasattr(experiment, "search_space"):
+    declare = experiments.hook(experiment, "search_space")
+    if declare is None:
         raise UserError(f"experiment {experiment.__name__.split('.')[-1]!r} declares no "
-                        "search_space")
+                        "search_space(hp)")
     space = kt.HyperParameters()
-    experiment.search_space(space)
+    declare(space)
     unknown = sorted(set(space.values) - set(config))
     if unknown:
         raise UserError(f"search_space names unknown hyperparameters: {', '.join(unknown)}")
@@ -69,26 +74,40 @@ class _ProjectTrials:
             config["epochs"] = int(values["tuner/epochs"])
             previous = values.get("tuner/trial_id")
             if previous:
-                warm_start = str(self.sweep_dir / f"trial_{previous}")
+                warm_start = str(self.sweep_dir / trial_folder(previous))
                 initial_epoch = int(values["tuner/initial_epoch"])
+        name = trial_folder(trial.trial_id)
         options = dataclasses.replace(
-            self.options, mode="train", run_parent=str(self.sweep_dir),
-            run_name=f"trial_{trial.trial_id}", warm_start=warm_start,
-            initial_epoch=initial_epoch, hparams=(), hparams_file=None,
-            epochs=None, batch_size=None, dataset=None, weights=None, init_from=None)
-        logging.info("Trial %s: %s", trial.trial_id, _trial_values(trial))
-        from common import training
+            self.options, mode="train", run_parent=str(self.sweep_dir), run_name=name,
+            warm_start=warm_start, initial_epoch=initial_epoch, hparams=(),
+            hparams_file=None, epochs=None, batch_size=None, dataset=None, weights=None,
+            init_from=None, restart=False)
+        logging.info("Sweep %s, %s: %s", self.sweep_dir.name, name, _trial_values(trial))
+        from common import runner
         try:
-            metrics = training.execute(self.experiment, options, config, self.strategy)
-        except Exception as e:  # Keras Tuner logs it and goes on; so do we.
+            metrics = runner.train_run(self.experiment, options, config, self.strategy)
+        except Exception as e:  # Keras Tuner records it and goes on; so do we.
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            self.failures.append((trial.trial_id, f"{type(e).__name__}: {message}"))
-            logging.error("Trial %s failed: %s", trial.trial_id, message)
-            raise kt.errors.FailedTrialError(message) from e
+            self.failures.append((name, f"{type(e).__name__}: {message}"))
+            log = self.sweep_dir / name / "error.log"
+            try:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text(traceback.format_exc())
+            except OSError:
+                log = None
+            logging.error("%s failed: %s%s", name, message,
+                          f" (traceback in {log})" if log else "")
+            raise kt.errors.FailedTrialError(message) from None
         history = metrics["history"]
-        if not history or OBJECTIVE not in history[-1]:
-            raise kt.errors.FailedTrialError(f"trial {trial.trial_id} reported no {OBJECTIVE}")
+        if not history or history[-1].get(OBJECTIVE) is None:
+            raise kt.errors.FailedTrialError(f"{name} reported no {OBJECTIVE}")
         return {OBJECTIVE: history[-1][OBJECTIVE]}
+
+
+def trial_folder(trial_id: str) -> str:
+    """A trial's folder, trial_<n>: n is Keras Tuner's trial id plus one, the
+    number its own messages use."""
+    return f"trial_{int(trial_id) + 1}"
 
 
 class _Hyperband(_ProjectTrials, kt.Hyperband):
@@ -113,9 +132,10 @@ def _make_tuner(experiment, options, config, strategy, sweep_dir, space):
         # Keras Tuner stopping the sweep after three in a row.
         max_consecutive_failed_trials=10**6)
     if options.tuner == "hyperband":
-        if "epochs" not in config:
-            raise UserError("Hyperband needs an 'epochs' hyperparameter; this experiment "
-                            "has none, use --tuner=random or --tuner=bayesian")
+        if experiments.hook(experiment, "stages") is not None:
+            raise UserError(f"Hyperband continues trials epoch by epoch, which experiment "
+                            f"{options.experiment!r} (several training stages) cannot; use "
+                            "--tuner=random or --tuner=bayesian")
         max_epochs = options.max_epochs or config["epochs"]
         if max_epochs < 2:
             raise UserError(f"--max_epochs={max_epochs}: Hyperband needs at least 2")
@@ -125,7 +145,8 @@ def _make_tuner(experiment, options, config, strategy, sweep_dir, space):
     elif options.tuner == "bayesian":
         tuner = _Bayesian(max_trials=options.max_trials, **common)
     else:
-        raise UserError(f"unknown --tuner={options.tuner!r}; choose one of: {', '.join(TUNERS)}")
+        raise UserError(f"unknown --tuner={options.tuner!r}; choose one of: "
+                        f"{', '.join(choices.TUNERS)}")
     tuner._setup(experiment, options, config, strategy, sweep_dir)
     _try_defaults_first(tuner.oracle, space, config)
     return tuner
@@ -160,43 +181,51 @@ def _try_defaults_first(oracle, space: kt.HyperParameters, config: dict) -> None
     oracle._random_values = defaults_then_random  # pylint: disable=protected-access
 
 
-def _sweep_dir(options) -> tuple[pathlib.Path, bool]:
+def _sweep_dir(options) -> tuple[pathlib.Path, bool, results.Lock]:
     parent = pathlib.Path(options.results_dir) / options.experiment
-    if options.sweep_name is None:
-        return results.new_dir(parent, prefix="sweep-"), False
-    if not options.sweep_name or "/" in options.sweep_name:
-        raise UserError(f"bad --sweep_name {options.sweep_name!r}: use a plain folder name")
-    path = parent / options.sweep_name
-    resuming = path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    return path, resuming
+    try:
+        if options.sweep_name is None:
+            path = results.new_dir(parent, prefix="sweep-")
+            return path, False, results.Lock(path, "sweep").acquire()
+        results.check_name("sweep_name", options.sweep_name)
+        path = parent / options.sweep_name
+        resuming = (path / "sweep.json").exists()
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise results.os_error(e, "create the sweep folder") from None
+    return path, resuming, results.Lock(path, "sweep").acquire()
 
 
 def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
     path = sweep_dir / "sweep.json"
-    if path.exists():
-        previous = results.read_json(path)
-        if previous.get("settings") != description["settings"]:
-            raise UserError(f"sweep {sweep_dir} was started with other settings "
-                            f"({previous.get('settings')}); use another --sweep_name")
-    else:
+    if not path.exists():
         results.write_json_atomic(path, description)
+        return
+    try:
+        previous = results.read_json(path)
+        if not isinstance(previous, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({e}); use another --sweep_name") from None
+    for key, what in (("settings", "tuner settings"), ("data", "data")):
+        if previous.get(key) != description[key]:
+            raise UserError(f"sweep {sweep_dir} was started with other {what} "
+                            f"({previous.get(key)}); resume it with the same, or use "
+                            "another --sweep_name")
 
 
-def _write_hparams_config(sweep_dir: pathlib.Path, space: kt.HyperParameters) -> None:
-    """Declares the searched hyperparameters and the metrics for the HParams
-    dashboard at the sweep's root (the trials' folders hold their values)."""
-    writer = tf.summary.create_file_writer(str(sweep_dir / "logs"))
-    with writer.as_default():
-        hp_api.hparams_config(
-            hparams=[hp_api.HParam(name) for name in space.values],
-            metrics=[hp_api.Metric("epoch_accuracy", group="validation",
-                                   display_name="validation accuracy"),
-                     hp_api.Metric("epoch_loss", group="validation",
-                                   display_name="validation loss"),
-                     hp_api.Metric("epoch_accuracy", group="test",
-                                   display_name="test accuracy")])
-    writer.close()
+def _command(options, sweep_dir: pathlib.Path) -> str:
+    """The launch.py command that trains the best configuration on the
+    sweep's data."""
+    parts = ["python", "launch.py", f"--experiment={options.experiment}"]
+    if options.dataset:
+        parts.append(f"--dataset={options.dataset}")
+    if options.data_dir:
+        parts.append(f"--data_dir={options.data_dir}")
+    if options.results_dir != "results":
+        parts.append(f"--results_dir={options.results_dir}")
+    parts.append(f"--hparams_file={sweep_dir / 'best_hparams.json'}")
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def sweep(experiment, options, config: dict, strategy: tf.distribute.Strategy) -> dict:
@@ -207,21 +236,37 @@ def sweep(experiment, options, config: dict, strategy: tf.distribute.Strategy) -
     if clash:
         raise UserError(f"--hparams fixes {', '.join(clash)}, which the sweep searches; "
                         "drop it from --hparams or from the search space")
-    if options.tuner != "hyperband" and options.max_epochs and "epochs" in config:
+    if options.tuner != "hyperband" and options.max_epochs:
         config = {**config, "epochs": options.max_epochs}
-    sweep_dir, resuming = _sweep_dir(options)
     settings = {"tuner": options.tuner, "max_trials": options.max_trials,
                 "max_epochs": options.max_epochs, "hyperband_factor": options.hyperband_factor,
                 "fixed_hparams": sorted(options.hparams), "seed": options.seed}
-    _check_same_sweep(sweep_dir, {"experiment": options.experiment, "settings": settings,
-                                  "search_space": space.get_config()})
-    logging.info("%s sweep %s (%s, %s); to resume after an interruption: --sweep_name=%s",
-                 "Resuming" if resuming else "Starting", sweep_dir, options.tuner,
-                 strategy_lib.strategy_name(strategy), sweep_dir.name)
-    _write_hparams_config(sweep_dir, space)
-    tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space)
+    data_dir = (str(pathlib.Path(options.data_dir).expanduser().resolve())
+                if options.data_dir else None)
+    sweep_dir, resuming, lock = _sweep_dir(options)
     try:
-        tuner.search()
+        _check_same_sweep(sweep_dir, {
+            "experiment": options.experiment, "settings": settings,
+            "data": {"dataset": config["dataset"], "data_dir": data_dir},
+            "search_space": space.get_config()})
+        logging.info("%s sweep %s (%s, %s); to resume after an interruption: "
+                     "--sweep_name=%s", "Resuming" if resuming else "Starting", sweep_dir,
+                     options.tuner, strategy_lib.strategy_name(strategy), sweep_dir.name)
+        return _search(experiment, options, config, strategy, sweep_dir, space)
+    finally:
+        lock.release()
+
+
+def _search(experiment, options, config, strategy, sweep_dir, space) -> dict:
+    try:
+        tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise UserError(f"the Keras Tuner state in {sweep_dir / 'tuner'} is damaged "
+                        f"({type(e).__name__}: {e}); use another --sweep_name") from None
+    try:
+        # Keras Tuner's own display numbers trials its way and prints failed
+        # trials' tracebacks: the project's lines say it instead.
+        tuner.search(verbose=0)
     except RuntimeError as e:
         logging.error("Keras Tuner stopped the sweep: %s", str(e).splitlines()[0])
     completed = [t for t in tuner.oracle.trials.values()
@@ -229,38 +274,39 @@ def sweep(experiment, options, config: dict, strategy: tf.distribute.Strategy) -
     if not completed:
         first = tuner.failures[0] if tuner.failures else _first_failure(tuner)
         raise UserError(f"every trial of sweep {sweep_dir.name} failed; first failure "
-                        f"(trial {first[0]}): {first[1]}")
+                        f"({first[0]}): {first[1]} (tracebacks in "
+                        f"{sweep_dir}/trial_*/error.log)")
     best_trials = [t for t in tuner.oracle.get_best_trials(num_trials=len(completed))
-                   if t.status == kt.engine.trial.TrialStatus.COMPLETED and t.score is not None][:5]
+                   if t.status == kt.engine.trial.TrialStatus.COMPLETED
+                   and t.score is not None][:5]
     print(format_best(best_trials, config))
     best = best_trials[0]
-    best_config = results.read_json(sweep_dir / f"trial_{best.trial_id}" / results.CONFIG_FILE)
-    best_hparams = {**_trial_values(best)}
-    if "epochs" in best_config["hparams"]:
-        best_hparams["epochs"] = best_config["hparams"]["epochs"]
+    best_config = results.read_json(sweep_dir / trial_folder(best.trial_id)
+                                    / results.CONFIG_FILE)
+    best_hparams = {**_trial_values(best), "epochs": best_config["hparams"]["epochs"]}
     payload = {
         "experiment": options.experiment,
         "sweep": str(sweep_dir),
-        "trial": best.trial_id,
+        "trial": trial_folder(best.trial_id),
         "objective": {"name": OBJECTIVE, "value": best.score},
         "hparams": best_hparams,
+        "data": {"dataset": config["dataset"], "data_dir": options.data_dir},
         "trials_completed": len(completed),
         "trials_failed": sum(1 for t in tuner.oracle.trials.values()
                              if t.status == kt.engine.trial.TrialStatus.FAILED),
-        "train_it_with": f"python launch.py --experiment={options.experiment} "
-                         f"--hparams_file={sweep_dir / 'best_hparams.json'}",
+        "train_it_with": _command(options, sweep_dir),
     }
     results.write_json_atomic(sweep_dir / "best_hparams.json", payload)
-    logging.info("Best trial %s: %s %.4f; %s", best.trial_id, OBJECTIVE, best.score,
-                 payload["train_it_with"])
+    logging.info("Best %s: %s %.4f; train it with: %s", payload["trial"], OBJECTIVE,
+                 best.score, payload["train_it_with"])
     return payload
 
 
 def _first_failure(tuner) -> tuple[str, str]:
     for trial in tuner.oracle.trials.values():
         if trial.message:
-            lines = [l for l in trial.message.strip().splitlines() if l.strip()]
-            return trial.trial_id, lines[-1] if lines else "failed"
+            lines = [line for line in trial.message.strip().splitlines() if line.strip()]
+            return trial_folder(trial.trial_id), lines[-1] if lines else "failed"
     return "?", "no trial ran"
 
 
@@ -271,7 +317,7 @@ def format_best(trials, config: dict) -> str:
     for t in trials:
         values = t.hyperparameters.values
         epochs = values.get("tuner/epochs", config.get("epochs", "-"))
-        rows.append([t.trial_id, f"{t.score:.4f}", str(epochs)]
+        rows.append([trial_folder(t.trial_id), f"{t.score:.4f}", str(epochs)]
                     + [_short(values.get(n)) for n in names])
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)),

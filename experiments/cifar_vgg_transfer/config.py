@@ -19,7 +19,15 @@ in github.com/royhuang9/transfer_learning reports validation accuracy of
 about 0.64 with the base frozen (our phase 1) and about 0.80 after
 fine-tuning (our phase 2). Upsampled inputs (input_size=64 or 96) should do
 better, since VGG's features were learned at 224x224; also unmeasured here.
+`learning_rate` is unused here: each phase has its own.
 """
+
+from common.hparams import HParam
+
+# VGG16's convolution layers, bottom to top: where phase 2 may start.
+VGG16_CONV_LAYERS = tuple(
+    f"block{block}_conv{i}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+    for i in range(1, convs + 1))
 
 
 def get_config() -> dict:
@@ -27,19 +35,23 @@ def get_config() -> dict:
         "dataset": "cifar10",
         "validation_fraction": 0.1,       # carved from the end of train
         "batch_size": 64,                 # global, split across replicas
-        "input_size": 32,                 # upsample to this (64, 96: better features)
-        "weights": "imagenet",            # imagenet | none | path to the notop .h5
+        "epochs": 0,                      # 0: each phase its own; N: N in both
+        "input_size": HParam(32, ge=32, le=512,
+                             help="images are resized to this for VGG16 (64, 96: better)"),
+        "weights": HParam("imagenet", help="imagenet, none, or the path of "
+                          "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
         "augment": True,                  # pad-and-crop + flip, training only
-        "augment_pad": 4,
-        "head_units": 256,
-        "head_dropout": 0.5,
+        "augment_pad": HParam(4, ge=0, le=16),
+        "head_units": HParam(256, ge=1),
+        "head_dropout": HParam(0.5, ge=0, lt=1),
         "optimizer": "adam",
         "lr_schedule": "constant",
-        "phase1_epochs": 5,               # base frozen, head trained
-        "phase1_learning_rate": 1e-3,
-        "phase2_epochs": 5,               # base unfrozen from unfreeze_from
-        "phase2_learning_rate": 1e-5,
-        "unfreeze_from": "block5_conv1",  # first VGG16 layer trained in phase 2
+        "phase1_epochs": HParam(5, ge=0, help="base frozen, head trained"),
+        "phase1_learning_rate": HParam(1e-3, gt=0),
+        "phase2_epochs": HParam(5, ge=0, help="base unfrozen from unfreeze_from"),
+        "phase2_learning_rate": HParam(1e-5, gt=0),
+        "unfreeze_from": HParam("block5_conv1", choices=VGG16_CONV_LAYERS,
+                                help="first VGG16 layer trained in phase 2"),
         "early_stopping_patience": 0,     # 0: off
         # Speed (bench/levers.py on 2 CPU cores, 32x32, batch 64): several
         # steps per call gave nothing (0.97x) for a model this size, XLA was

@@ -8,7 +8,7 @@ from tf_keras import layers
 
 from common import data
 from common.errors import UserError
-from common.training import Phase
+from common.stages import Stage
 
 WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 BASE_NAME = "vgg16"
@@ -103,25 +103,25 @@ def build_model(config: dict, image_shape: tuple[int, ...],
     return tf_keras.Model(inputs, outputs, name="vgg16_transfer")
 
 
-def unfreeze(model: tf_keras.Model, config: dict) -> None:
+def unfreeze(model: tf_keras.Model, context) -> tf_keras.Model:
     """Makes the base trainable from `unfreeze_from` up; the layers below stay
-    frozen."""
+    frozen (phase 2's on_start)."""
     base = model.get_layer(BASE_NAME)
     names = [layer.name for layer in base.layers]
-    start = names.index(config["unfreeze_from"])
+    start = names.index(context.config["unfreeze_from"])
     base.trainable = True
     for position, layer in enumerate(base.layers):
         layer.trainable = position >= start
+    return model
 
 
-def phases(config: dict) -> list[Phase]:
-    if config["unfreeze_from"] not in VGG16_LAYERS:
-        raise UserError(f"unknown unfreeze_from {config['unfreeze_from']!r}; choose one "
-                        f"of: {', '.join(VGG16_LAYERS)}")
+def stages(config: dict) -> list[Stage]:
+    """Phase 1 trains the head on the frozen base; phase 2 fine-tunes from
+    unfreeze_from at a low rate (the Keras transfer-learning guide)."""
     return [
-        Phase("phase1_head", config["phase1_epochs"], config["phase1_learning_rate"]),
-        Phase("phase2_finetune", config["phase2_epochs"], config["phase2_learning_rate"],
-              prepare=unfreeze),
+        Stage("phase1_head", config["phase1_epochs"], config["phase1_learning_rate"]),
+        Stage("phase2_finetune", config["phase2_epochs"], config["phase2_learning_rate"],
+              on_start=unfreeze),
     ]
 
 

@@ -12,6 +12,8 @@ MNIST cannot be downloaded on the machine these figures come from; LeNet-5
 reaches about 0.99 there.
 """
 
+from common.hparams import HParam
+
 
 def get_config() -> dict:
     return {
@@ -22,7 +24,7 @@ def get_config() -> dict:
         "optimizer": "adam",
         "learning_rate": 3e-3,
         "lr_schedule": "cosine",      # decays to 0 over the run; or "constant"
-        "dropout": 0.0,
+        "dropout": HParam(0.0, ge=0, lt=1, help="after each hidden dense layer"),
         "early_stopping_patience": 0,  # 0: off
         # Speed (bench/levers.py, 2 CPU cores, Fashion-MNIST, batch 64):
         # 32 steps per call into the graph gave 1.45x the images per second

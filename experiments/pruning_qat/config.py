@@ -20,7 +20,10 @@ Expected (Fashion-MNIST, measured on 2 CPU cores, see the README's Results):
 int8 TFLite accuracy within 1 point of the float baseline, 80% of the pruned
 weights zero in the int8 file, the int8 file about 3.7x smaller than the
 float one and about 11x smaller after gzip.
+`learning_rate` is unused here: each stage has its own.
 """
+
+from common.hparams import HParam
 
 
 def get_config() -> dict:
@@ -28,24 +31,29 @@ def get_config() -> dict:
         "dataset": "mnist",
         "validation_fraction": 0.1,
         "batch_size": 64,                  # global, split across replicas
-        "base_experiment": "mnist_lenet",  # whose build_model is compressed
-        "init_from": "",                   # a finished run folder: skip stage 1
+        "epochs": 0,                       # 0: each stage its own; N: N in each
+        "base_experiment": HParam("mnist_lenet", help="whose build_model is compressed"),
+        "init_from": HParam("", help="a finished run folder whose model is the "
+                            "baseline (no baseline training)"),
+        "weights": HParam("imagenet", help="a base experiment's pretrained weights "
+                          "(cifar_vgg_transfer: imagenet, none or a file)"),
         "optimizer": "adam",
         "lr_schedule": "cosine",           # per stage, over that stage's steps
-        "dropout": 0.0,
-        "baseline_epochs": 5,
-        "baseline_learning_rate": 3e-3,
-        "pruning_epochs": 4,
-        "pruning_learning_rate": 2e-3,
-        "initial_sparsity": 0.0,
-        "final_sparsity": 0.8,
-        "pruning_begin_step": 0,           # steps counted from the pruning stage
-        "pruning_end_step": -1,            # -1: 70% into the pruning stage
-        "pruning_frequency": 50,
-        "qat_epochs": 2,
-        "qat_learning_rate": 1e-4,
-        "latency_invocations": 500,        # per round, per model
-        "latency_rounds": 7,
+        "dropout": HParam(0.0, ge=0, lt=1, help="the base model's, where it has one"),
+        "baseline_epochs": HParam(5, ge=0),
+        "baseline_learning_rate": HParam(3e-3, gt=0),
+        "pruning_epochs": HParam(4, ge=1),
+        "pruning_learning_rate": HParam(2e-3, gt=0),
+        "initial_sparsity": HParam(0.0, ge=0, lt=1),
+        "final_sparsity": HParam(0.8, gt=0, lt=1),
+        "pruning_begin_step": HParam(0, ge=0, help="steps counted from the pruning stage"),
+        "pruning_end_step": HParam(-1, ge=-1, help="-1: 70% into the pruning stage"),
+        "pruning_frequency": HParam(50, ge=1, help="steps between pruning updates "
+                                    "(lowered to fit a short stage, with a log line)"),
+        "qat_epochs": HParam(2, ge=0),
+        "qat_learning_rate": HParam(1e-4, gt=0),
+        "latency_invocations": HParam(500, ge=1, help="per round, per model"),
+        "latency_rounds": HParam(7, ge=1),
         "early_stopping_patience": 0,      # 0: off
         # For the baseline stage (pruning and QAT always run one step per
         # call): mnist_lenet's measured choice.

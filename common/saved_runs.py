@@ -1,0 +1,193 @@
+"""Finished runs as readers see them: found safely, their models loaded the
+way their metrics.json declares, and scored again (--mode=eval).
+
+A run declares its models in metrics.json:
+
+    "models": [{"name": "model", "format": "keras", "path": "model/model.keras",
+                "bytes": 250120},
+               {"name": "int8_tflite", "format": "tflite", "path": "...", ...}]
+
+Formats: keras (.keras), h5 (whole model in HDF5, for models .keras cannot
+reload), tflite, saved_model (TensorFlow Serving's layout). A keras or h5
+model may name a `load_scope` ("module:function", a context manager with
+the custom objects loading needs). common/ never asks which experiment
+made a run: it follows these declarations.
+"""
+
+import contextlib
+import importlib
+import math
+import pathlib
+from typing import Any, Optional
+
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from common import data, evaluation, results
+from common.errors import UserError
+from common.options import RunOptions
+
+FORMATS = ("keras", "h5", "tflite", "saved_model")
+FINISHED = ("completed", "stopped_early")
+
+
+def save_final_model(model: tf_keras.Model, write_dir: pathlib.Path, keep: str) -> pathlib.Path:
+    """Saves the run's final model in model/: model.h5 where its last stage
+    keeps whole models as HDF5, else model.keras."""
+    folder = pathlib.Path(write_dir) / "model"
+    folder.mkdir(exist_ok=True)
+    path = folder / ("model.h5" if keep == "h5" else "model.keras")
+    model.save(path)
+    return path
+
+
+def declare(write_dir: pathlib.Path, name: str, path: pathlib.Path,
+            load_scope=None) -> dict[str, Any]:
+    """A metrics.json "models" entry for the file or folder at `path`."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        fmt = "saved_model"
+    else:
+        size = path.stat().st_size
+        fmt = {".keras": "keras", ".h5": "h5", ".tflite": "tflite"}[path.suffix]
+    entry = {"name": name, "format": fmt, "path": str(path.relative_to(write_dir)),
+             "bytes": size}
+    if load_scope is not None:
+        entry["load_scope"] = f"{load_scope.__module__}:{load_scope.__qualname__}"
+    return entry
+
+
+def _scope(entry: dict):
+    spec = entry.get("load_scope")
+    if not spec:
+        return contextlib.nullcontext()
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function)()
+
+
+def run_folder(results_dir: str, experiment: str, run_name: str) -> pathlib.Path:
+    """results_dir/experiment/run_name, which must be a finished run:
+    metrics.json readable, with a finished status. Raises UserError."""
+    results.check_name("run_name", run_name)
+    path = pathlib.Path(results_dir) / experiment / run_name
+    if not path.is_dir():
+        raise UserError(f"no run {path} (expected a folder made by launch.py "
+                        f"--experiment={experiment})")
+    return finished(path)
+
+
+def finished(path: pathlib.Path) -> pathlib.Path:
+    """`path` if it holds a finished run, else UserError saying why not."""
+    metrics_path = path / results.METRICS_FILE
+    if not metrics_path.exists():
+        raise UserError(f"run {path} is not finished (no metrics.json); resume it "
+                        "first, or choose a finished run")
+    metrics = read_metrics(path)
+    if metrics.get("status") not in FINISHED:
+        raise UserError(f"run {path} has status {metrics.get('status')!r}"
+                        + (f" ({metrics['failure']})" if metrics.get("failure") else "")
+                        + "; only a completed run can be used")
+    return path
+
+
+def read_metrics(path: pathlib.Path) -> dict:
+    """A run's metrics.json; UserError if it is damaged."""
+    try:
+        metrics = results.read_json(pathlib.Path(path) / results.METRICS_FILE)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {pathlib.Path(path) / results.METRICS_FILE}: "
+                        f"{e}") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{pathlib.Path(path) / results.METRICS_FILE} is damaged "
+                        "(not a JSON object)")
+    return metrics
+
+
+def read_config(path: pathlib.Path) -> dict:
+    """A run's config.json; UserError if it is missing or damaged."""
+    config_path = pathlib.Path(path) / results.CONFIG_FILE
+    try:
+        config = results.read_json(config_path)
+        if not isinstance(config, dict) or not isinstance(config.get("hparams"), dict):
+            raise ValueError("no hparams object")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {config_path}: {e}") from None
+    return config
+
+
+def declared_models(path: pathlib.Path) -> list[dict]:
+    """The models a finished run declares (older runs: model/model.keras)."""
+    metrics = read_metrics(path)
+    entries = metrics.get("models")
+    if not entries:
+        entries = [{"name": "model", "format": "keras",
+                    "path": metrics.get("model_path", "model/model.keras")}]
+    for entry in entries:
+        if entry.get("format") not in FORMATS or not (path / entry.get("path", "")).exists():
+            raise UserError(f"run {path} declares model {entry.get('name')!r} at "
+                            f"{entry.get('path')!r} ({entry.get('format')}), which is missing")
+    return entries
+
+
+def load_keras_model(path: pathlib.Path, name: Optional[str] = None) -> tf_keras.Model:
+    """The run's Keras model called `name` (default: its first keras/h5
+    model); UserError if it cannot be loaded."""
+    entries = [e for e in declared_models(path) if e["format"] in ("keras", "h5")
+               and (name is None or e["name"] == name)]
+    if not entries:
+        raise UserError(f"run {path} has no Keras model" + (f" {name!r}" if name else ""))
+    return load_entry(path, entries[0])
+
+
+def load_entry(path: pathlib.Path, entry: dict) -> tf_keras.Model:
+    model_path = pathlib.Path(path) / entry["path"]
+    try:
+        with _scope(entry):
+            return tf_keras.models.load_model(model_path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the model {model_path}: {first}") from None
+
+
+def evaluate_run(options: RunOptions, config: dict,
+                 strategy: tf.distribute.Strategy) -> dict[str, Any]:
+    """--mode=eval: every model the run declares, on the test split (of the
+    run's data unless --dataset/--data_dir say otherwise); writes eval.json."""
+    from common import export
+    run_dir = run_folder(options.results_dir, options.experiment, options.run_name)
+    saved = read_config(run_dir)
+    recorded = read_metrics(run_dir)
+    dataset = options.dataset or saved["hparams"].get("dataset", config["dataset"])
+    data_dir = options.data_dir or (saved.get("data") or {}).get("data_dir")
+    splits = data.load(dataset, data_dir=data_dir,
+                       validation_fraction=saved["hparams"].get("validation_fraction",
+                                                                config["validation_fraction"]))
+    test_ds = evaluation.eval_dataset(splits.test, splits.num_test, config["batch_size"])
+    images, labels = None, None
+    scores = {}
+    for entry in declared_models(run_dir):
+        if entry["format"] in ("keras", "h5"):
+            with strategy.scope():
+                model = load_entry(run_dir, entry)
+            scores[entry["name"]] = evaluation.Evaluator(model, strategy)(test_ds)
+            continue
+        if images is None:
+            images, labels = evaluation.split_arrays(splits.test)
+        if entry["format"] == "tflite":
+            scores[entry["name"]] = export.tflite_scores(run_dir / entry["path"], images, labels)
+        else:
+            scores[entry["name"]] = export.saved_model_scores(run_dir / entry["path"],
+                                                              images, labels)
+    payload = {"run": options.run_name, "dataset": dataset,
+               "num_test_examples": splits.num_test, "models": scores,
+               "recorded_test_accuracy": recorded.get("test_accuracy")}
+    results.write_json_atomic(run_dir / "eval.json", payload)
+    for name, score in scores.items():
+        logging.info("Evaluated %s of %s on %s: test accuracy %.4f, loss %s (%d examples)",
+                     name, run_dir, dataset, score["accuracy"],
+                     "-" if score["loss"] is None or math.isnan(score["loss"])
+                     else f"{score['loss']:.4f}", score["examples"])
+    return payload
+
