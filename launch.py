@@ -127,5 +127,14 @@ def main(argv):
     return 0
 
 
+def parse_flags(argv):
+    """absl's parsing, with a mistake as one line (absl adds a second)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"launch.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -83,15 +83,18 @@ class EpochRecorder(tf_keras.callbacks.Callback):
         self._start = 0.0
         self._steps = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._steps = 0
+    def _iterations(self) -> int:
+        # The optimizer's step counter: the steps really applied, also where
+        # an epoch ends inside a call of steps_per_execution steps.
+        return int(self.model.optimizer.iterations.numpy())
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._steps = batch + 1  # with steps_per_execution: the call's last step
+    def on_epoch_begin(self, epoch, logs=None):
+        self._steps = self._iterations()
+        self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         train = time.perf_counter() - self._start
+        self._steps = self._iterations() - self._steps
         if logs is None:
             return
         if self.validate is not None and not self.model.stop_training:

@@ -96,10 +96,10 @@ def check_name(flag: str, name: str) -> None:
     problem = None
     if not name or not name.strip():
         problem = "it is empty"
-    elif name in (".", "..") or name.startswith("."):
-        problem = "it starts with a dot"
     elif "/" in name or (os.altsep and os.altsep in name) or "\\" in name:
         problem = "it holds a path separator"
+    elif name.startswith("."):
+        problem = "it starts with a dot"
     elif len(name) > MAX_NAME_LENGTH:
         problem = f"it is {len(name)} characters long (at most {MAX_NAME_LENGTH})"
     elif not name.isprintable():
@@ -161,7 +161,7 @@ class Lock:
 def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
                   hparams: dict, data: dict,
                   restart: bool = False) -> tuple[pathlib.Path, bool, Lock]:
-    """Returns (run folder under `parent`, resuming, its lock, held).
+    """Returns (run folder under `parent`, resuming, its lock, held by the caller).
 
     Without `run_name` a fresh timestamped folder is created. With it, an
     unfinished run of the same hyperparameters and data is resumed (or, with

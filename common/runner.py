@@ -207,6 +207,8 @@ def _finish(experiment, folder: RunFolder, runner, outcome, pipes, records,
     metrics = {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "num_test_examples": test["examples"],
+        "num_train_examples": pipes.splits.num_train,
+        "num_validation_examples": pipes.splits.num_validation,
         "stages": records,
         "final_validation": records[-1]["final_validation"],
         "model_path": str(model_path.relative_to(folder.write_dir)),

@@ -7,11 +7,13 @@ import pytest
 import tensorflow_datasets as tfds
 import tf_keras
 
-from common import export, training
+from common import export, runner
 from common.errors import UserError
+from common.options import RunOptions
 from experiments.pruning_qat import model as compression
-from experiments.pruning_qat.pipeline import STAGES
 from tests.fixtures import write_idx_dataset
+
+MEASURED = ["baseline", "pruned", "pqat", "float_tflite", "int8_tflite"]
 
 FAST = ("baseline_epochs=1", "pruning_epochs=1", "qat_epochs=1", "pruning_frequency=2",
         "latency_invocations=20", "latency_rounds=2")
@@ -21,7 +23,7 @@ def _options(tmp_path, hparams=FAST, **overrides):
     values = dict(experiment="pruning_qat", results_dir=str(tmp_path / "results"),
                   batch_size=16, verbose=0, hparams=hparams)
     values.update(overrides)
-    return training.RunOptions(**values)
+    return RunOptions(**values)
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +35,17 @@ def idx_dir(tmp_path_factory):
 def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
-        metrics = training.run(_options(tmp_path, strategy=strategy, run_name="r",
+        metrics = runner.run(_options(tmp_path, strategy=strategy, run_name="r",
                                         data_dir=str(tmp_path / "tfds")))
-    assert metrics["num_replicas"] == replicas
-    rows = {row["stage"]: row for row in metrics["stages"]}
-    assert list(rows) == list(STAGES)
+    assert metrics["num_replicas"] == replicas and metrics["status"] == "completed"
+    rows = {row["name"]: row for row in metrics["models_measured"]}
+    assert list(rows) == MEASURED
+    assert [s["name"] for s in metrics["stages"]] == ["baseline", "pruned", "pqat"]
+    assert all(s["strategy"] == metrics["strategy"] for s in metrics["stages"])
     for row in rows.values():
-        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["bytes"] > 0
-    assert rows["float_tflite"]["num_test_examples"] == 64
+        assert row["num_test_examples"] == 64 and row["bytes"] > 0
+    # The headline figures are the int8 TFLite model's.
+    assert metrics["test_accuracy"] == rows["int8_tflite"]["test_accuracy"]
     assert rows["int8_tflite"]["latency_us"] > 0 and rows["float_tflite"]["latency_us"] > 0
     run_dir = tmp_path / "results" / "pruning_qat" / "r"
     for name in ("baseline_float", "pqat_int8", "pqat_int8_integer_io"):
@@ -48,8 +53,21 @@ def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
         logits = classifier.invoke(classifier.prepare(np.zeros((28, 28, 1), np.float32)))
         assert logits.shape == (10,) and np.isfinite(logits).all()
     assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2]
-    assert json.loads((run_dir / "metrics.json").read_text())["stages"] == metrics["stages"]
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["models_measured"] == metrics["models_measured"]
     assert not (run_dir / "stages").exists() and not (run_dir / "backup").exists()
+    # Every declared model scores again in --mode=eval as it did in training.
+    with tfds.testing.mock_data(num_examples=64):
+        evaluated = runner.run(_options(tmp_path, mode="eval", run_name="r",
+                                        data_dir=str(tmp_path / "tfds")))
+    declared = {m["name"] for m in metrics["models"]}
+    assert declared == set(evaluated["models"]) >= {"model", "baseline", "pruned",
+                                                    "float_tflite", "int8_tflite"}
+    for name in ("baseline", "pruned", "float_tflite", "int8_tflite"):
+        assert evaluated["models"][name]["accuracy"] == pytest.approx(
+            rows[name]["test_accuracy"], abs=1e-6), name
+    assert evaluated["models"]["model"]["accuracy"] == pytest.approx(
+        rows["pqat"]["test_accuracy"], abs=1e-6)
 
 
 def _zero_masks_keras(model):
@@ -69,10 +87,10 @@ def _zero_masks_tflite(path):
 
 
 def test_sparsity_survives_qat_and_int8_export(tmp_path, idx_dir):
-    metrics = training.run(_options(
+    metrics = runner.run(_options(
         tmp_path, data_dir=str(idx_dir), run_name="s",
         hparams=FAST + ("final_sparsity=0.5", "qat_learning_rate=0.001")))
-    rows = {row["stage"]: row for row in metrics["stages"]}
+    rows = {row["name"]: row for row in metrics["models_measured"]}
     assert rows["baseline"]["sparsity"] < 0.01
     assert rows["pruned"]["sparsity"] >= 0.49
     assert rows["pqat"]["sparsity"] >= 0.49
@@ -94,8 +112,8 @@ def test_sparsity_survives_qat_and_int8_export(tmp_path, idx_dir):
 
 
 def test_pqat_training_keeps_pruned_zeros(tmp_path, idx_dir):
-    model = compression.build_model({"base_experiment": "mnist_lenet", "dropout": 0.0},
-                                    (28, 28, 1), 10)
+    model = compression.build_model({"base_experiment": "mnist_lenet", "dropout": 0.0,
+                                     "init_from": ""}, (28, 28, 1), 10)
     for layer in model.layers:
         if isinstance(layer, compression.PRUNED_LAYERS):
             kernel, bias = layer.get_weights()
@@ -116,22 +134,24 @@ def test_pqat_training_keeps_pruned_zeros(tmp_path, idx_dir):
 
 
 def test_init_from_a_finished_run_skips_baseline_training(tmp_path, idx_dir):
-    lenet = training.run(training.RunOptions(
+    lenet = runner.run(RunOptions(
         experiment="mnist_lenet", results_dir=str(tmp_path / "results"), epochs=1,
         batch_size=16, verbose=0, data_dir=str(idx_dir), run_name="lenet"))
-    metrics = training.run(_options(
+    metrics = runner.run(_options(
         tmp_path, data_dir=str(idx_dir), run_name="from-lenet",
         init_from=str(tmp_path / "results" / "mnist_lenet" / "lenet")))
-    assert metrics["epochs_by_stage"]["baseline"] == [0, 0]
+    stages = {s["name"]: s for s in metrics["stages"]}
+    assert stages["baseline"]["last_epoch"] is None  # not trained
+    assert (stages["pruned"]["first_epoch"], stages["pqat"]["first_epoch"]) == (0, 1)
     assert [row["epoch"] for row in metrics["history"]] == [0, 1]  # pruning, qat
-    baseline = next(r for r in metrics["stages"] if r["stage"] == "baseline")
+    baseline = next(r for r in metrics["models_measured"] if r["name"] == "baseline")
     assert baseline["test_accuracy"] == pytest.approx(lenet["test_accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    (dict(init_from="/no/such/run"), "/no/such/run is not a finished run folder"),
+    (dict(init_from="/no/such/run"), "/no/such/run is not a run folder"),
     (dict(hparams=FAST + ("final_sparsity=1.5",)), "final_sparsity"),
 ])
 def test_bad_settings_are_one_line(tmp_path, idx_dir, overrides, needle):
     with pytest.raises(UserError, match=needle):
-        training.run(_options(tmp_path, data_dir=str(idx_dir), **overrides))
+        runner.run(_options(tmp_path, data_dir=str(idx_dir), **overrides))

@@ -8,8 +8,9 @@ import tensorflow_datasets as tfds
 import tf_keras
 
 import experiments
-from common import results, training
+from common import results, runner
 from common.errors import UserError
+from common.options import RunOptions
 from tests.fixtures import write_idx_dataset
 
 
@@ -17,7 +18,7 @@ def _options(tmp_path, **overrides):
     values = dict(experiment="mnist_lenet", results_dir=str(tmp_path / "results"),
                   epochs=2, batch_size=16, verbose=0)
     values.update(overrides)
-    return training.RunOptions(**values)
+    return RunOptions(**values)
 
 
 def _plugins_in(folder):
@@ -41,7 +42,7 @@ def _scalar_tags(folder):
 def test_mirrored_run_on_mock_tfds_leaves_a_complete_run_folder(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
-        metrics = training.run(_options(tmp_path, strategy="mirrored",
+        metrics = runner.run(_options(tmp_path, strategy="mirrored",
                                         data_dir=str(tmp_path / "tfds"),
                                         run_name="mock"))
     run_dir = tmp_path / "results" / "mnist_lenet" / "mock"
@@ -49,16 +50,21 @@ def test_mirrored_run_on_mock_tfds_leaves_a_complete_run_folder(tmp_path):
     assert metrics["data_source"] == "tfds"
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert on_disk["num_test_examples"] == 64
+    assert on_disk["num_test_examples"] == 64 and on_disk["status"] == "completed"
     assert [row["epoch"] for row in on_disk["history"]] == [0, 1]
     assert len(on_disk["seconds_per_epoch"]) == 2
-    assert on_disk["train_images_per_second"] > 0
+    # Every step of an epoch is one global batch of 16 (the remainder dropped).
+    steps_images = on_disk["num_train_examples"] // 16 * 16
+    for row in on_disk["history"]:
+        assert row["images_per_second"] == pytest.approx(steps_images / row["train_seconds"])
     config = json.loads((run_dir / "config.json").read_text())
     assert config["hparams"]["batch_size"] == 16 and config["hparams"]["epochs"] == 2
     assert config["versions"]["tf-keras"].startswith("2.")
     assert config["flags"]["strategy"] == "mirrored"
     # TensorBoard: scalars under train/ and validation/, HParams at the root.
-    assert {"epoch_loss", "epoch_accuracy"} <= _scalar_tags(run_dir / "logs" / "train")
+    train_tags = _scalar_tags(run_dir / "logs" / "train")
+    assert {"epoch_loss", "epoch_accuracy", "epoch_wall_seconds"} <= train_tags
+    assert not any(tag.startswith("epoch_epoch_") for tag in train_tags)
     assert {"epoch_loss", "epoch_accuracy"} <= _scalar_tags(run_dir / "logs" / "validation")
     assert {"epoch_loss", "epoch_accuracy"} <= _scalar_tags(run_dir / "logs" / "test")
     assert "hparams" in _plugins_in(run_dir / "logs")
@@ -69,7 +75,7 @@ def test_mirrored_run_on_mock_tfds_leaves_a_complete_run_folder(tmp_path):
 
 def test_loss_falls_on_learnable_fixture_data(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=800, num_test=200)
-    metrics = training.run(_options(tmp_path, epochs=4, batch_size=32,
+    metrics = runner.run(_options(tmp_path, epochs=4, batch_size=32,
                                     data_dir=str(folder)))
     losses = [row["loss"] for row in metrics["history"]]
     assert losses[-1] < losses[0] * 0.5
@@ -80,13 +86,13 @@ def test_loss_falls_on_learnable_fixture_data(tmp_path):
 
 def test_runs_never_overwrite_each_other(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
-    first = training.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
-    second = training.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
+    first = runner.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
+    second = runner.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
     assert first["run"] != second["run"]
     runs = sorted(p.name for p in (tmp_path / "results" / "mnist_lenet").iterdir())
     assert runs == sorted([first["run"], second["run"]])
     with pytest.raises(UserError, match="already finished"):
-        training.run(_options(tmp_path, epochs=1, data_dir=str(folder),
+        runner.run(_options(tmp_path, epochs=1, data_dir=str(folder),
                               run_name=first["run"]))
 
 
@@ -94,28 +100,32 @@ def test_unfinished_run_with_other_hparams_is_not_resumed(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
     run_dir = tmp_path / "results" / "mnist_lenet" / "half"
     run_dir.mkdir(parents=True)
-    config = training.resolve_config(experiments.get("mnist_lenet"),
-                                     _options(tmp_path, epochs=3))
+    config = runner.resolve_config(experiments.get("mnist_lenet"),
+                                   _options(tmp_path, epochs=3))
     results.write_json_atomic(run_dir / "config.json", {"hparams": config})
     with pytest.raises(UserError, match=r"different hyperparameters \(epochs\)"):
-        training.run(_options(tmp_path, epochs=1, data_dir=str(folder), run_name="half"))
+        runner.run(_options(tmp_path, epochs=1, data_dir=str(folder), run_name="half"))
 
 
 def test_eval_mode_scores_the_saved_model(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=400, num_test=100)
-    trained = training.run(_options(tmp_path, epochs=2, data_dir=str(folder),
+    trained = runner.run(_options(tmp_path, epochs=2, data_dir=str(folder),
                                     run_name="t"))
-    evaluated = training.run(_options(tmp_path, mode="eval", data_dir=str(folder),
-                                      run_name="t"))
-    assert evaluated["test_accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-6)
-    assert evaluated["num_test_examples"] == 100
+    evaluated = runner.run(_options(tmp_path, mode="eval", data_dir=str(folder),
+                                    run_name="t"))
+    score = evaluated["models"]["model"]
+    assert score["accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-6)
+    assert score["loss"] == pytest.approx(trained["test_loss"], rel=1e-4)
+    assert score["examples"] == evaluated["num_test_examples"] == 100
+    on_disk = json.loads((tmp_path / "results/mnist_lenet/t/eval.json").read_text())
+    assert on_disk["models"]["model"]["accuracy"] == score["accuracy"]
 
 
 def test_bad_hparam_and_batch_fail_before_any_run_folder(tmp_path):
     with pytest.raises(UserError, match="'dropot'"):
-        training.run(_options(tmp_path, hparams=("dropot=0.1",)))
+        runner.run(_options(tmp_path, hparams=("dropot=0.1",)))
     with pytest.raises(UserError, match="batch size 15 does not divide across 2"):
-        training.run(_options(tmp_path, strategy="mirrored", batch_size=15))
+        runner.run(_options(tmp_path, strategy="mirrored", batch_size=15))
     assert not (tmp_path / "results").exists()
 
 
