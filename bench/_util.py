@@ -64,3 +64,32 @@ def experiment_data(name: str, data_dir, fixture_examples: int,
     if name == "cifar_vgg_transfer":
         return "cifar10", cifar_fixture(cifar_records_per_batch)
     return mnist_like_data(data_dir, "fashion_mnist", fixture_examples)
+
+
+def prepared(name: str, data_dir: str, dataset: str):
+    """(experiment, config, pipelines) of `name` on the given data, the way
+    launch.py prepares them (cifar_vgg_transfer with --weights=none)."""
+    import functools
+    import experiments
+    from common import data, runner
+    from common.options import RunOptions
+    experiment = experiments.get(name)
+    options = RunOptions(experiment=name, data_dir=data_dir, dataset=dataset,
+                         weights="none" if name == "cifar_vgg_transfer" else None)
+    config = runner.resolve_config(experiment, options)
+    splits = data.load(config["dataset"], data_dir=data_dir,
+                       validation_fraction=config["validation_fraction"])
+    augment = experiments.hook(experiment, "augment")
+    pipes = data.pipelines(splits, config["batch_size"], augment=functools.partial(
+        _augment, augment, config) if augment else None)
+    return experiment, config, pipes
+
+
+def _augment(augment, config, image, label):
+    return augment(image, label, config)
+
+
+def first_learning_rate(experiment, config: dict) -> float:
+    """The learning rate of the experiment's first stage."""
+    from common import runner
+    return runner.stages_of(experiment, config)[0].learning_rate

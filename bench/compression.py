@@ -32,9 +32,10 @@ def _newest_run(results_dir: pathlib.Path):
 
 
 def _small_run(scratch: str) -> pathlib.Path:
-    from common import training
+    from common import runner
+    from common.options import RunOptions
     data_dir = _util.mnist_like_data(None, "mnist", 600)[1]
-    metrics = training.run(training.RunOptions(
+    metrics = runner.run(RunOptions(
         experiment="pruning_qat", data_dir=data_dir, results_dir=scratch, verbose=0,
         batch_size=32, hparams=("baseline_epochs=1", "pruning_epochs=1", "qat_epochs=1",
                                 "pruning_frequency=2")))

@@ -45,13 +45,14 @@ def configurations(defaults: dict) -> dict[str, dict]:
     return configs
 
 
-def _rate(experiment, run, config, steps) -> float:
-    from common import speed, training
+def _rate(experiment, pipes, config, steps) -> float:
+    from common import fitting, speed
     with speed.precision(config):
-        model = experiment.build_model(config, run.splits.image_shape, run.splits.num_classes)
-        rate = config.get("learning_rate", config.get("phase1_learning_rate", 1e-3))
-        training.compile_model(model, config, rate, 10_000)
-        data = run.train_ds.repeat()
+        splits = pipes.splits
+        model = experiment.build_model(config, splits.image_shape, splits.num_classes)
+        fitting.compile_model(model, config, _util.first_learning_rate(experiment, config),
+                              10_000)
+        data = pipes.train.repeat()
         spe = config["steps_per_execution"]
         warm = max(spe, 2 * spe)
         model.fit(data, steps_per_epoch=warm, epochs=1, verbose=0)  # trace / compile
@@ -62,20 +63,12 @@ def _rate(experiment, run, config, steps) -> float:
 
 
 def measure(name: str, data_dir: str, dataset: str) -> dict:
-    import tensorflow as tf
-    import experiments
-    from common import training
-
-    experiment = experiments.get(name)
-    options = training.RunOptions(experiment=name, data_dir=data_dir, dataset=dataset,
-                                  weights="none" if name == "cifar_vgg_transfer" else None)
-    config = training.resolve_config(experiment, options)
-    run = training.Run.prepare(experiment, options, config, tf.distribute.get_strategy())
+    experiment, config, pipes = _util.prepared(name, data_dir, dataset)
     configs = configurations(config)
     samples = {label: [] for label in configs}
     for _ in range(FLAGS.rounds):
         for label, levers in configs.items():
-            samples[label].append(_rate(experiment, run, {**config, **levers}, FLAGS.steps))
+            samples[label].append(_rate(experiment, pipes, {**config, **levers}, FLAGS.steps))
     medians = {label: _util.median(values) for label, values in samples.items()}
     return {"batch_size": config["batch_size"], "configurations": configs,
             "images_per_second": samples, "median_images_per_second": medians,

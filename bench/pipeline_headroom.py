@@ -39,28 +39,20 @@ def _images_per_second(dataset, batches: int, batch_size: int) -> float:
 
 
 def measure(name: str, data_dir: str, dataset: str) -> dict:
-    import tensorflow as tf
-    import experiments
-    from common import training
+    from common import fitting
 
-    experiment = experiments.get(name)
-    options = training.RunOptions(experiment=name, data_dir=data_dir, dataset=dataset,
-                                  weights="none" if name == "cifar_vgg_transfer" else None,
-                                  verbose=0)
-    config = training.resolve_config(experiment, options)
-    strategy = tf.distribute.get_strategy()
-    run = training.Run.prepare(experiment, options, config, strategy)
+    experiment, config, pipes = _util.prepared(name, data_dir, dataset)
     batch = config["batch_size"]
     # A full pass fills the cache; the rate after it is the steady state.
-    for _ in run.train_ds:
+    for _ in pipes.train:
         pass
-    batches = min(run.steps_per_epoch - 1, max(FLAGS.steps * 4, 20))
-    pipeline_rate = _images_per_second(run.train_ds.repeat(), batches, batch)
+    batches = min(pipes.steps_per_epoch - 1, max(FLAGS.steps * 4, 20))
+    pipeline_rate = _images_per_second(pipes.train.repeat(), batches, batch)
 
-    model = experiment.build_model(config, run.splits.image_shape, run.splits.num_classes)
-    training.compile_model(model, config, config.get("learning_rate",
-                           config.get("phase1_learning_rate", 1e-3)), 1000)
-    one_batch = run.train_ds.take(1).cache().repeat()
+    splits = pipes.splits
+    model = experiment.build_model(config, splits.image_shape, splits.num_classes)
+    fitting.compile_model(model, config, _util.first_learning_rate(experiment, config), 1000)
+    one_batch = pipes.train.take(1).cache().repeat()
     model.fit(one_batch, steps_per_epoch=5, epochs=1, verbose=0)  # trace
     start = time.perf_counter()
     model.fit(one_batch, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
@@ -68,7 +60,7 @@ def measure(name: str, data_dir: str, dataset: str) -> dict:
     return {"pipeline_images_per_second": pipeline_rate,
             "model_images_per_second": model_rate,
             "ratio": pipeline_rate / model_rate, "batch_size": batch,
-            "data_source": run.splits.source}
+            "data_source": splits.source}
 
 
 def main(argv):

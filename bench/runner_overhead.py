@@ -69,25 +69,26 @@ def plain_fit_rates(x, y, config, epochs, batch_size):
 def main(argv):
     import numpy as np
     import experiments
-    from common import data, training
+    from common import data, hparams, runner
+    from common.options import RunOptions
 
     dataset, data_dir = _util.mnist_like_data(FLAGS.data_dir, FLAGS.dataset,
                                               FLAGS.fixture_examples)
-    config = experiments.get("mnist_lenet").get_config()
+    config = hparams.defaults(experiments.get("mnist_lenet").get_config())
     splits = data.load(dataset, data_dir=data_dir, validation_fraction=config["validation_fraction"])
     x = np.stack([image.numpy() for image, _ in splits.train]).astype(np.float32)
     y = np.array([label.numpy() for _, label in splits.train])
-    runner, plain = [], []
+    launched, plain = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(FLAGS.rounds):
-            metrics = training.run(training.RunOptions(
+            metrics = runner.run(RunOptions(
                 experiment="mnist_lenet", dataset=dataset, data_dir=data_dir,
                 epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, results_dir=scratch,
                 verbose=0, seed=round_index, hparams=tuple(FLAGS.hparams)))
             runner_config = metrics_config(scratch, metrics["run"])
-            runner += [row["images_per_second"] for row in metrics["history"][1:]]
+            launched += [row["images_per_second"] for row in metrics["history"][1:]]
             plain += plain_fit_rates(x, y, config, FLAGS.epochs, FLAGS.batch_size)
-    ratio = _util.median(runner) / _util.median(plain)
+    ratio = _util.median(launched) / _util.median(plain)
     levers = {k: runner_config[k] for k in ("steps_per_execution", "jit_compile",
                                             "mixed_precision")}
     name = "runner_overhead" + ("_" + "_".join(FLAGS.hparams) if FLAGS.hparams else "")
@@ -95,9 +96,9 @@ def main(argv):
         "runner_levers": levers, "runner_hparams": FLAGS.hparams,
         "dataset": dataset, "data_dir": data_dir, "batch_size": FLAGS.batch_size,
         "epochs": FLAGS.epochs, "rounds": FLAGS.rounds,
-        "runner_images_per_second": runner, "plain_images_per_second": plain,
+        "runner_images_per_second": launched, "plain_images_per_second": plain,
         "ratio": ratio, "target": 0.95})
-    print(f"runner_overhead: launch.py {_util.median(runner):,.0f} images/s, plain "
+    print(f"runner_overhead: launch.py {_util.median(launched):,.0f} images/s, plain "
           f"model.fit {_util.median(plain):,.0f} images/s, ratio {ratio:.3f} "
           f"(mnist_lenet, batch {FLAGS.batch_size}, {dataset}; runner levers {levers})")
 

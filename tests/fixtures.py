@@ -78,6 +78,14 @@ def write_cifar10_batches(folder: pathlib.Path, records_per_batch: int = 40,
     return out
 
 
+def free_port() -> int:
+    """A localhost port the OS says is free now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def history_epochs(run_dir: pathlib.Path) -> list[int]:
     """The epoch column of a run's history.csv, raw (duplicates kept)."""
     path = pathlib.Path(run_dir) / "history.csv"

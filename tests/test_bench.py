@@ -11,6 +11,8 @@ import pytest
 from tests.fixtures import write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Each script trains real models: minutes on 2 cores.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +28,15 @@ def bench(script, *args):
 
 
 def test_runner_overhead(tmp_path, idx_dir):
-    out = bench("runner_overhead.py", "--epochs=2", "--rounds=1", "--dataset=mnist",
+    out = bench("runner_overhead.py", "--epochs=3", "--rounds=1", "--dataset=mnist",
                 f"--data_dir={idx_dir}", f"--results_dir={tmp_path}")
     figures = json.loads((tmp_path / "bench" / "runner_overhead.json").read_text())
-    assert figures["ratio"] > 0 and len(figures["runner_images_per_second"]) == 1
-    assert len(figures["plain_images_per_second"]) == 1
+    # The first epoch of each run (tracing) is left out: 2 epochs counted.
+    assert len(figures["runner_images_per_second"]) == 2
+    assert len(figures["plain_images_per_second"]) == 2
+    assert min(figures["runner_images_per_second"] + figures["plain_images_per_second"]) > 50
+    assert figures["runner_levers"] == {"steps_per_execution": 128, "jit_compile": False,
+                                        "mixed_precision": "float32"}
     assert f"ratio {figures['ratio']:.3f}" in out
 
 
@@ -38,34 +44,40 @@ def test_pipeline_headroom(tmp_path, idx_dir):
     out = bench("pipeline_headroom.py", "--steps=3", f"--data_dir={idx_dir}",
                 "--cifar_records_per_batch=30", f"--results_dir={tmp_path}")
     figures = json.loads((tmp_path / "bench" / "pipeline_headroom.json").read_text())
-    for name in ("mnist_lenet", "cifar_vgg_transfer"):
+    for name, batch in (("mnist_lenet", 64), ("cifar_vgg_transfer", 64)):
         row = figures["experiments"][name]
-        assert row["pipeline_images_per_second"] > 0 and row["model_images_per_second"] > 0
-        assert row["ratio"] == pytest.approx(row["pipeline_images_per_second"]
-                                             / row["model_images_per_second"])
-        assert f"{name}: pipeline" in out
+        assert row["batch_size"] == batch
+        assert row["pipeline_images_per_second"] > 100 and row["model_images_per_second"] > 1
+        assert f"{name}: pipeline {row['pipeline_images_per_second']:,.0f} images/s" in out
+    assert figures["experiments"]["mnist_lenet"]["data_source"] == str(idx_dir)
 
 
 def test_replicas(tmp_path, idx_dir):
     out = bench("replicas.py", "--epochs=2", "--rounds=1", "--num_devices=2",
                 f"--data_dir={idx_dir}", f"--results_dir={tmp_path}")
     figures = json.loads((tmp_path / "bench" / "replicas.json").read_text())
-    assert figures["replicas"] == 2
-    assert figures["ratio"] > 0 and "scaling efficiency" in out
+    assert figures["replicas"] == 2  # MirroredStrategy really ran 2 replicas
+    assert len(figures["default_images_per_second"]) == 1
+    assert f"scaling efficiency {figures['scaling_efficiency']:.2f}" in out
 
 
 def test_compression_runs_a_small_pipeline_when_there_is_no_run(tmp_path):
     out = bench("compression.py", "--invocations=20", "--rounds=2", f"--results_dir={tmp_path}")
     figures = json.loads((tmp_path / "bench" / "compression.json").read_text())
     assert figures["size_ratio"] > 3  # int8 weights against float32
-    assert figures["latency_ratio_xnnpack"] > 0 and "int8/float latency" in out
+    assert figures["gzip_ratio_vs_float_file"] > figures["size_ratio"]  # pruned zeros
+    assert "int8/float latency" in out
 
 
 def test_levers(tmp_path, idx_dir):
     out = bench("levers.py", "--experiments=mnist_lenet", "--steps=8", "--rounds=1",
                 "--spe_values=4", f"--data_dir={idx_dir}", f"--results_dir={tmp_path}")
-    figures = json.loads((tmp_path / "bench" / "levers_mnist_lenet.json").read_text())["experiments"]
-    ratios = figures["mnist_lenet"]["ratio_vs_plain"]
-    assert ratios["plain"] == 1.0
-    assert {"steps_per_execution=4", "jit_compile", "experiment defaults"} <= set(ratios)
-    assert all(r > 0 for r in ratios.values()) and "steps_per_execution=4" in out
+    figures = json.loads((tmp_path / "bench" / "levers_mnist_lenet.json").read_text())
+    lenet = figures["experiments"]["mnist_lenet"]
+    configs = lenet["configurations"]
+    assert configs["steps_per_execution=4"]["steps_per_execution"] == 4
+    assert configs["jit_compile"] == {"steps_per_execution": 1, "jit_compile": True,
+                                      "mixed_precision": "float32"}
+    assert configs["experiment defaults"]["steps_per_execution"] == 128
+    assert all(rate > 1 for rate in lenet["median_images_per_second"].values())
+    assert "levers: mnist_lenet: steps_per_execution=4:" in out

@@ -11,8 +11,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import tf_keras
 
-from common import data, local_files, training
+from common import data, local_files, runner
 from common.errors import UserError
+from common.options import RunOptions
 from experiments.cifar_vgg_transfer import model as vgg_model
 from tests.fixtures import kill_when, history_epochs, write_cifar10_batches
 
@@ -24,7 +25,7 @@ def _options(tmp_path, hparams=FAST, **overrides):
     values = dict(experiment="cifar_vgg_transfer", results_dir=str(tmp_path / "results"),
                   batch_size=16, weights="none", verbose=0, hparams=hparams)
     values.update(overrides)
-    return training.RunOptions(**values)
+    return RunOptions(**values)
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +166,11 @@ def test_imagenet_without_network_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides, needle", [
     (dict(weights="/no/such/weights.h5"), "/no/such/weights.h5 does not exist"),
     (dict(hparams=FAST + ("unfreeze_from=block9_conv1",)), "'block9_conv1'"),
-    (dict(epochs=3), "no 'epochs' hyperparameter"),
+    (dict(hparams=FAST + ("head_dropout=1.5",)), "'head_dropout'"),
 ])
 def test_bad_settings_fail_before_a_run_folder(tmp_path, cifar_dir, overrides, needle):
     with pytest.raises(UserError, match=needle):
-        training.run(_options(tmp_path, data_dir=str(cifar_dir.parent), **overrides))
+        runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), **overrides))
     assert not list((tmp_path / "results").glob("*/*"))
 
 
@@ -178,13 +179,13 @@ def test_bad_settings_fail_before_a_run_folder(tmp_path, cifar_dir, overrides, n
 def test_two_phases_on_mock_tfds_under_mirrored(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=48):
-        metrics = training.run(_options(tmp_path, strategy="mirrored",
+        metrics = runner.run(_options(tmp_path, strategy="mirrored",
                                         data_dir=str(tmp_path / "tfds"), run_name="m",
                                         hparams=("phase1_epochs=2", "phase2_epochs=1",
                                                  "head_units=32")))
     assert metrics["num_replicas"] == 2
     assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2]
-    phases = {p["name"]: p for p in metrics["phases"]}
+    phases = {p["name"]: p for p in metrics["stages"]}
     assert (phases["phase1_head"]["first_epoch"], phases["phase1_head"]["last_epoch"]) == (0, 1)
     assert (phases["phase2_finetune"]["first_epoch"],
             phases["phase2_finetune"]["last_epoch"]) == (2, 2)
@@ -192,28 +193,37 @@ def test_two_phases_on_mock_tfds_under_mirrored(tmp_path):
     assert "val_accuracy" in phases["phase1_head"]["final_validation"]
     assert "val_accuracy" in phases["phase2_finetune"]["final_validation"]
     on_disk = json.loads((tmp_path / "results/cifar_vgg_transfer/m/metrics.json").read_text())
-    assert 0.0 <= on_disk["test_accuracy"] <= 1.0
+    assert on_disk["num_test_examples"] == 48 and on_disk["status"] == "completed"
+
+
+def test_epochs_flag_runs_that_many_in_every_phase(tmp_path, cifar_dir):
+    metrics = runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), epochs=1,
+                                  hparams=("phase1_epochs=3", "phase2_epochs=2",
+                                           "head_units=32")))
+    assert [(p["first_epoch"], p["last_epoch"]) for p in metrics["stages"]] == [(0, 0), (1, 1)]
+    assert [row["epoch"] for row in metrics["history"]] == [0, 1]
 
 
 def test_two_phases_on_cifar_files_under_mirrored(tmp_path, cifar_dir):
-    metrics = training.run(_options(tmp_path, strategy="mirrored",
+    metrics = runner.run(_options(tmp_path, strategy="mirrored",
                                     data_dir=str(cifar_dir.parent)))
     assert metrics["num_replicas"] == 2 and metrics["data_source"] == str(cifar_dir)
     assert metrics["num_test_examples"] == 40
-    assert [p["name"] for p in metrics["phases"]] == ["phase1_head", "phase2_finetune"]
+    assert [p["name"] for p in metrics["stages"]] == ["phase1_head", "phase2_finetune"]
 
 
+@pytest.mark.slow
 def test_weights_by_path_and_what_each_phase_trains(tmp_path, cifar_dir, weights_file):
     expected = _file_weights(weights_file)
     # Phase 1 only: every base weight is the file's, untouched by training.
-    training.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p1",
+    runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p1",
                           weights=str(weights_file),
                           hparams=("phase1_epochs=1", "phase2_epochs=0", "head_units=32")))
     after_phase1 = _run_base_weights(tmp_path / "results/cifar_vgg_transfer/p1")
     for name, weights in expected.items():
         assert _same(after_phase1[name], weights), name
     # Both phases: block 5 (unfrozen) moved, blocks 1-4 did not.
-    training.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p2",
+    runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p2",
                           weights=str(weights_file),
                           hparams=FAST + ("phase2_learning_rate=0.001",)))
     after_phase2 = _run_base_weights(tmp_path / "results/cifar_vgg_transfer/p2")
@@ -227,6 +237,7 @@ def test_weights_by_path_and_what_each_phase_trains(tmp_path, cifar_dir, weights
 
 
 
+@pytest.mark.slow
 def test_killed_in_phase2_resumes_in_phase2(tmp_path, cifar_dir, weights_file):
     args = [sys.executable, str(ROOT / "launch.py"), "--experiment=cifar_vgg_transfer",
             f"--data_dir={cifar_dir.parent}", f"--results_dir={tmp_path / 'results'}",
@@ -243,8 +254,8 @@ def test_killed_in_phase2_resumes_in_phase2(tmp_path, cifar_dir, weights_file):
     resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     output = resumed.stdout + resumed.stderr
-    assert "Phase phase1_head already finished" in output
-    assert "Phase phase2_finetune" in output and "Epoch 1/" not in output
+    assert "Stage phase1_head already finished" in output
+    assert "Stage phase2_finetune" in output and "Epoch 1/" not in output
     first_epoch = int(output.split("Epoch ")[1].split("/")[0])
     assert first_epoch == len(done_before) + 1
     assert history_epochs(run_dir) == [0, 1, 2, 3, 4]

@@ -1,10 +1,12 @@
+import dataclasses
 import gzip
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common import data
+from common import data, evaluation
 from common.errors import UserError
 from tests.fixtures import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx_dataset
 
@@ -104,6 +106,7 @@ def test_system_folder_is_used_without_data_dir(tmp_path, monkeypatch):
     splits = data.load("fashion_mnist")
     assert splits.source == str(tmp_path / "fashion-mnist")
     assert splits.num_test == 30
+    assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
 
 
 def _not_prepared(*args, download, **kwargs):
@@ -131,20 +134,50 @@ def test_tfds_source_under_mock_data(tmp_path):
 
 def test_pipeline_batches_by_global_batch(tmp_path):
     splits = data.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 100, 30)))
-    train = data.make_pipeline(splits.train, 32, training=True,
-                               num_examples=splits.num_train, seed=1)
+    train = data.make_pipeline(splits.train, 32, num_examples=splits.num_train, seed=1)
     shapes = [tuple(x.shape) for x, _ in train]
     assert shapes == [(32, 28, 28, 1)] * (90 // 32)  # remainder dropped
-    test = data.make_pipeline(splits.test, 32, training=False, num_examples=30)
-    batches = list(test)
-    assert sum(len(y) for _, y in batches) == 30  # every test example kept
-    assert batches[0][0].dtype.name == "float32"
+    assert train.element_spec[0].dtype.name == "float32"
+
+
+@pytest.mark.parametrize("examples, batch, workers", [(30, 32, 1), (65, 64, 1), (99, 99, 1),
+                                                      (100, 16, 2), (64, 16, 1)])
+def test_evaluation_batches_are_whole_and_weigh_every_example_once(examples, batch, workers):
+    images = np.arange(examples, dtype=np.uint8).reshape(examples, 1, 1, 1)
+    split = tf.data.Dataset.from_tensor_slices((images, np.arange(examples, dtype=np.int64)))
+    batches = list(evaluation.eval_dataset(split, examples, batch, workers))
+    assert all(x.shape[0] == batch for x, _, _ in batches)
+    assert (len(batches) * batch) % (batch * workers) == 0
+    weights = np.concatenate([w.numpy() for _, _, w in batches])
+    labels = np.concatenate([y.numpy() for _, y, _ in batches])
+    assert weights.sum() == examples
+    assert sorted(labels[weights == 1].tolist()) == list(range(examples))
 
 
 def test_training_pipeline_reshuffles_every_epoch(tmp_path):
     splits = data.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 200, 20)))
-    train = data.make_pipeline(splits.train, 180, training=True,
-                               num_examples=splits.num_train, seed=3)
+    train = data.make_pipeline(splits.train, 180, num_examples=splits.num_train, seed=3)
     first, second = [np.concatenate([y.numpy() for _, y in train]) for _ in range(2)]
     assert not np.array_equal(first, second)
     assert sorted(first) == sorted(second)
+
+
+def test_deterministic_pipeline_repeats_with_the_seed(tmp_path):
+    splits = data.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 200, 20)))
+
+    def order():
+        train = data.make_pipeline(splits.train, 60, num_examples=splits.num_train, seed=5,
+                                   deterministic=True)
+        return np.concatenate([y.numpy() for _, y in train])
+
+    np.testing.assert_array_equal(order(), order())
+
+
+def test_split_sizes_are_checked_before_any_work(tmp_path):
+    splits = data.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 100, 30)))
+    with pytest.raises(UserError, match="training split has 90 examples, fewer than one "
+                                        "global batch of 128"):
+        data.pipelines(splits, 128)
+    empty = dataclasses.replace(splits, num_test=0)
+    with pytest.raises(UserError, match="test split .* is empty"):
+        data.pipelines(empty, 16)

@@ -1,23 +1,44 @@
+"""Hyperparameters: specs with valid ranges, overrides, one-line errors."""
+
+import math
+
 import pytest
 
 from common import hparams
 from common.errors import UserError
+from common.hparams import HParam
 
-DEFAULTS = {"learning_rate": 1e-3, "batch_size": 128, "optimizer": "adam",
-            "augment": False}
+EXPERIMENT = {"learning_rate": 1e-3, "batch_size": 128, "optimizer": "adam",
+              "augment": False, "dropout": HParam(0.0, ge=0, lt=1),
+              "head": HParam("a", choices=("a", "b"))}
+SPECS = hparams.specs_of(EXPERIMENT)
+DEFAULTS = hparams.defaults(EXPERIMENT)
+
+
+def test_specs_extend_the_shared_ones_and_keep_their_constraints():
+    assert set(hparams.SHARED) <= set(SPECS)
+    assert SPECS["learning_rate"].default == 1e-3 and SPECS["learning_rate"].gt == 0
+    assert SPECS["optimizer"].choices == hparams.SHARED["optimizer"].choices
+    assert SPECS["augment"].kind is bool and SPECS["dropout"].lt == 1
+    assert DEFAULTS["dropout"] == 0.0 and DEFAULTS["momentum"] == 0.9
 
 
 def test_override_converts_to_the_defaults_types():
-    config = hparams.override(DEFAULTS, ["learning_rate=0.1", "batch_size=64",
-                                         "optimizer=sgd", "augment=true"])
-    assert config == {"learning_rate": 0.1, "batch_size": 64, "optimizer": "sgd",
-                      "augment": True}
+    config = hparams.override(DEFAULTS, SPECS, ["learning_rate=0.1", "batch_size=64",
+                                                "optimizer=sgd", "augment=true"])
+    assert (config["learning_rate"], config["batch_size"], config["optimizer"],
+            config["augment"]) == (0.1, 64, "sgd", True)
     assert DEFAULTS["learning_rate"] == 1e-3  # defaults untouched
 
 
 def test_unknown_name_is_named_and_valid_names_listed():
-    with pytest.raises(UserError, match="'learnin_rate'.*batch_size, learning_rate"):
-        hparams.override(DEFAULTS, ["learnin_rate=0.1"])
+    with pytest.raises(UserError, match="'learnin_rate'.*batch_size, .*learning_rate"):
+        hparams.override(DEFAULTS, SPECS, ["learnin_rate=0.1"])
+
+
+def test_a_name_given_twice_is_refused():
+    with pytest.raises(UserError, match="--hparams sets 'dropout' twice"):
+        hparams.override(DEFAULTS, SPECS, ["dropout=0.1", "dropout=0.3"])
 
 
 @pytest.mark.parametrize("assignment, bad", [("batch_size=1.5", "'1.5'"),
@@ -25,9 +46,37 @@ def test_unknown_name_is_named_and_valid_names_listed():
                                              ("augment=maybe", "'maybe'")])
 def test_wrong_type_names_the_value(assignment, bad):
     with pytest.raises(UserError, match=bad):
-        hparams.override(DEFAULTS, [assignment])
+        hparams.override(DEFAULTS, SPECS, [assignment])
+
+
+@pytest.mark.parametrize("name, value, valid", [
+    ("learning_rate", -0.1, "float > 0"),
+    ("learning_rate", 0.0, "float > 0"),
+    ("learning_rate", math.nan, "finite"),
+    ("learning_rate", math.inf, "finite"),
+    ("dropout", 1.5, "float >= 0 and < 1"),
+    ("dropout", -0.2, "float >= 0 and < 1"),
+    ("batch_size", 0, "int >= 1"),
+    ("head", "c", "one of: a, b"),
+    ("optimizer", "nadam", "one of: adam, adamw, sgd, rmsprop"),
+    ("validation_fraction", 1.0, "float > 0 and < 1"),
+])
+def test_values_outside_their_range_name_the_value_and_the_range(name, value, valid):
+    config = {**DEFAULTS, name: value}
+    with pytest.raises(UserError) as raised:
+        hparams.check_all(config, SPECS)
+    message = str(raised.value)
+    assert repr(value) in message and name in message and valid in message
+    assert "\n" not in message
 
 
 def test_missing_equals_sign():
     with pytest.raises(UserError, match="name=value"):
-        hparams.override(DEFAULTS, ["learning_rate"])
+        hparams.override(DEFAULTS, SPECS, ["learning_rate"])
+
+
+def test_every_experiments_defaults_are_valid():
+    import experiments
+    for name in experiments.names():
+        config = experiments.get(name).get_config()
+        hparams.check_all(hparams.defaults(config), hparams.specs_of(config))

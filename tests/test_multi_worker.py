@@ -27,6 +27,7 @@ def idx_dir(tmp_path_factory):
     return write_idx_dataset(tmp_path_factory.mktemp("idx"), num_train=400, num_test=100)
 
 
+@pytest.mark.slow
 def test_two_workers_train_one_run_with_identical_weights(tmp_path, idx_dir):
     result = cluster("--experiment=mnist_lenet", f"--data_dir={idx_dir}",
                      f"--results_dir={tmp_path / 'results'}", "--epochs=2",
@@ -51,6 +52,7 @@ def test_two_workers_train_one_run_with_identical_weights(tmp_path, idx_dir):
 
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=1600, num_test=100)
     epochs = 20
@@ -105,6 +107,26 @@ def test_several_workers_need_a_shared_run_name(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "needs --run_name" in result.stderr
+
+
+def test_a_lone_worker_stops_after_cluster_timeout_naming_the_missing_one(tmp_path):
+    from tests.fixtures import free_port
+    ports = [free_port(), free_port()]
+    env = dict(os.environ, TF_CONFIG=json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+        "task": {"type": "worker", "index": 0}}))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(ROOT / "launch.py"),
+                             "--experiment=mnist_lenet", "--strategy=multi_worker_mirrored",
+                             "--run_name=lone", "--cluster_timeout=3",
+                             f"--results_dir={tmp_path}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60
+    error = [line for line in result.stderr.splitlines() if line.startswith("launch.py")]
+    assert len(error) == 1 and f"127.0.0.1:{ports[1]}" in error[0]
+    assert "--cluster_timeout=3" in error[0]
+    assert not (tmp_path / "mnist_lenet" / "lone").exists()
 
 
 def test_local_cluster_without_launch_flags_is_one_line():

@@ -11,8 +11,9 @@ import tensorflow as tf
 import tf_keras
 
 import experiments
-from common import speed, training
+from common import fitting, hparams, runner, speed
 from common.errors import UserError
+from common.options import RunOptions
 from tests.fixtures import write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -20,13 +21,13 @@ LENET = experiments.get("mnist_lenet")
 
 
 def _config(**levers):
-    return {**speed.with_defaults(LENET.get_config()), **levers}
+    return {**hparams.defaults(LENET.get_config()), **levers}
 
 
 def test_compile_arguments_reach_the_model():
     config = _config(steps_per_execution=4, jit_compile=True)
     model = LENET.build_model(config, (28, 28, 1), 10)
-    training.compile_model(model, config, 1e-3, 100)
+    fitting.compile_model(model, config, 1e-3, 100)
     assert int(model._steps_per_execution.numpy()) == 4
     assert model._jit_compile is True
 
@@ -34,7 +35,7 @@ def test_compile_arguments_reach_the_model():
 def test_levers_through_the_runner(tmp_path):
     precision = "mixed_bfloat16" if speed.cpu_has_bfloat16() else "float32"
     folder = write_idx_dataset(tmp_path / "idx", num_train=320, num_test=64)
-    metrics = training.run(training.RunOptions(
+    metrics = runner.run(RunOptions(
         experiment="mnist_lenet", data_dir=str(folder), results_dir=str(tmp_path / "r"),
         epochs=2, batch_size=16, verbose=0, run_name="fast", steps_per_execution=6,
         jit_compile=True, mixed_precision=precision))
@@ -59,17 +60,19 @@ def test_mixed_float16_gets_a_loss_scale_optimizer():
     config = _config(mixed_precision="mixed_float16")
     with speed.precision(config):
         model = LENET.build_model(config, (28, 28, 1), 10)
-        training.compile_model(model, config, 1e-3, 100)
+        fitting.compile_model(model, config, 1e-3, 100)
     assert isinstance(model.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
 
 @pytest.mark.parametrize("levers, needle", [
-    (dict(steps_per_execution=0), "steps_per_execution must be at least 1, got 0"),
-    (dict(mixed_precision="float8"), "unknown mixed_precision 'float8'"),
+    (dict(steps_per_execution=0), "bad value 0 for hyperparameter 'steps_per_execution': "
+                                  "expected int >= 1"),
+    (dict(mixed_precision="float8"), "bad value 'float8' for hyperparameter "
+                                     "'mixed_precision': expected one of: float32, "),
 ])
 def test_bad_values(levers, needle):
     with pytest.raises(UserError, match=needle):
-        speed.check(_config(**levers))
+        hparams.check_all(_config(**levers), hparams.specs_of(LENET.get_config()))
 
 
 def test_precision_that_would_only_run_slower_is_refused(monkeypatch):
@@ -77,10 +80,10 @@ def test_precision_that_would_only_run_slower_is_refused(monkeypatch):
         pytest.skip("this machine has a GPU")
     monkeypatch.setattr(speed, "cpu_has_bfloat16", lambda: False)
     with pytest.raises(UserError, match="no bfloat16 support") as raised:
-        speed.check(_config(mixed_precision="mixed_bfloat16"))
+        speed.check_hardware(_config(mixed_precision="mixed_bfloat16"))
     assert "\n" not in str(raised.value)
     with pytest.raises(UserError, match="mixed_float16 needs a GPU"):
-        speed.check(_config(mixed_precision="mixed_float16"))
+        speed.check_hardware(_config(mixed_precision="mixed_float16"))
 
 
 @pytest.mark.parametrize("flag, needle", [

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import tensorflow as tf
 
@@ -56,10 +58,37 @@ def test_tpu_without_tpu_is_one_line():
     assert "\n" not in str(raised.value)
 
 
-def test_bad_tf_config(monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(UserError, match="TF_CONFIG"):
-        strategy_lib.get_strategy("multi_worker_mirrored")
+WORKERS = {"worker": ["127.0.0.1:1111", "127.0.0.1:1112"]}
+
+
+@pytest.mark.parametrize("tf_config, needle", [
+    ("{not json", "TF_CONFIG is not JSON"),
+    (json.dumps({"cluster": WORKERS}), "TF_CONFIG has no task"),
+    (json.dumps({"cluster": WORKERS, "task": {"type": "worker", "index": 2}}),
+     "task index 2 is outside cluster.worker, which has 2 address(es) (index 0 to 1)"),
+    (json.dumps({"cluster": {**WORKERS, "evaluator": ["127.0.0.1:1113"]},
+                 "task": {"type": "evaluator", "index": 0}}), "'evaluator' job"),
+    (json.dumps({"cluster": WORKERS, "task": {"type": "evaluator", "index": 0}}),
+     "task is an evaluator"),
+    (json.dumps({"cluster": {"worker": "127.0.0.1:1111,127.0.0.1:1112"},
+                 "task": {"type": "worker", "index": 0}}), "must be a list of"),
+    (json.dumps({"cluster": {"chief": ["a:1", "b:2"]}, "task": {"type": "chief"}}),
+     "more than one chief"),
+])
+def test_tf_config_mistakes_are_one_line(tf_config, needle):
+    with pytest.raises(UserError) as raised:
+        strategy_lib.parse_tf_config(tf_config)
+    assert needle in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("cluster, task", [
+    ({"chief": ["127.0.0.1:1111"]}, {"type": "chief", "index": 0}),
+    ({"chief": ["127.0.0.1:1111"], "worker": ["127.0.0.1:1112"]}, {"type": "worker", "index": 0}),
+    (WORKERS, {"type": "worker", "index": 1}),
+])
+def test_valid_tf_configs_are_accepted(cluster, task):
+    config = strategy_lib.parse_tf_config(json.dumps({"cluster": cluster, "task": task}))
+    assert config["task"] == task
 
 
 def test_global_batch_must_divide_across_replicas():

@@ -9,8 +9,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common import training
+import experiments
+from common import hparams, runner
 from common.errors import UserError
+from common.options import RunOptions
 from experiments.mnist_lenet.config import get_config
 from tests.fixtures import kill_when, write_idx_dataset
 
@@ -21,7 +23,7 @@ def _options(tmp_path, **overrides):
     values = dict(experiment="mnist_lenet", mode="tune", results_dir=str(tmp_path / "results"),
                   verbose=0, sweep_name="s", data_dir=str(tmp_path / "tfds"))
     values.update(overrides)
-    return training.RunOptions(**values)
+    return RunOptions(**values)
 
 
 def _has_hparams(folder: pathlib.Path) -> bool:
@@ -34,13 +36,31 @@ def _has_hparams(folder: pathlib.Path) -> bool:
 
 
 def _trials(sweep_dir):
-    return sorted(p for p in sweep_dir.glob("trial_*") if p.is_dir())
+    return sorted((p for p in sweep_dir.glob("trial_*") if p.is_dir()),
+                  key=lambda p: int(p.name.split("_")[1]))
+
+
+def _hparams_sessions(folder: pathlib.Path) -> list:
+    """(trial id, hyperparameter names) of every HParams session summary."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    sessions = []
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    value.metadata.plugin_data.content)
+                if data.HasField("session_start_info"):
+                    info = data.session_start_info
+                    sessions.append((info.group_name, set(info.hparams)))
+    return sessions
 
 
 def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=256):
-        best = training.run(_options(tmp_path, tuner="random", max_trials=3, max_epochs=1,
+        best = runner.run(_options(tmp_path, tuner="random", max_trials=3, max_epochs=1,
                                      strategy="mirrored"))
     sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
     trials = _trials(sweep_dir)
@@ -51,15 +71,25 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
         assert metrics["num_replicas"] == 2 and metrics["epochs"] == 1
         assert _has_hparams(trial / "logs")
         scores[trial.name] = metrics["history"][-1]["val_accuracy"]
-    assert _has_hparams(sweep_dir / "logs")  # the sweep's hparams_config
+    # No sweep-wide HParams configuration (it would hide every other run's
+    # columns under --logdir results); each trial declares its own, under an
+    # id that names the experiment and the sweep.
+    assert not (sweep_dir / "logs").exists()
+    assert [t.name for t in trials] == ["trial_1", "trial_2", "trial_3"]
+    sessions = _hparams_sessions(trials[0] / "logs")
+    assert sessions[0][0] == "mnist_lenet/s/trial_1"
+    assert {"learning_rate", "batch_size", "dropout", "optimizer", "epochs"} <= sessions[0][1]
     on_disk = json.loads((sweep_dir / "best_hparams.json").read_text())
     assert on_disk == best
     assert set(best["hparams"]) == {"learning_rate", "batch_size", "dropout", "epochs"}
     assert best["objective"]["value"] == pytest.approx(max(scores.values()))
     assert best["trials_completed"] == 3
+    assert best["train_it_with"].endswith(f"--data_dir={tmp_path / 'tfds'} --results_dir="
+                                          f"{tmp_path / 'results'} --hparams_file="
+                                          f"{sweep_dir / 'best_hparams.json'}")
     # The first trial is the experiment's defaults: the baseline to beat.
     first = json.loads((trials[0] / "config.json").read_text())["hparams"]
-    defaults = get_config()
+    defaults = hparams.defaults(get_config())
     assert {k: first[k] for k in ("learning_rate", "batch_size", "dropout")} == {
         k: defaults[k] for k in ("learning_rate", "batch_size", "dropout")}
     others = [json.loads((t / "config.json").read_text())["hparams"] for t in trials[1:]]
@@ -69,7 +99,7 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
 def test_bayesian_sweep(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=256):
-        best = training.run(_options(tmp_path, tuner="bayesian", max_trials=3, max_epochs=1))
+        best = runner.run(_options(tmp_path, tuner="bayesian", max_trials=3, max_epochs=1))
     assert best["trials_completed"] == 3
     assert len(_trials(tmp_path / "results" / "mnist_lenet" / "s")) == 3
 
@@ -77,7 +107,7 @@ def test_bayesian_sweep(tmp_path):
 def test_hyperband_continues_trials_from_their_weights(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
-        training.run(_options(tmp_path, tuner="hyperband", max_epochs=2, hyperband_factor=2))
+        runner.run(_options(tmp_path, tuner="hyperband", max_epochs=2, hyperband_factor=2))
     sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
     continued = []
     for trial in _trials(sweep_dir):
@@ -93,24 +123,32 @@ def test_hyperband_continues_trials_from_their_weights(tmp_path):
     assert (sweep_dir / "best_hparams.json").exists()
 
 
-def test_sweep_whose_trials_all_fail_reports_the_first_failure(tmp_path):
+def test_sweep_whose_trials_all_fail_reports_the_first_failure(tmp_path, monkeypatch):
+    def broken_model(config, image_shape, num_classes):
+        raise ValueError(f"cannot build with dropout {config['dropout']}")
+
+    monkeypatch.setattr(experiments.get("mnist_lenet"), "build_model", broken_model)
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
         with pytest.raises(UserError, match=r"every trial of sweep s failed; first failure "
-                                            r"\(trial 0+\): UserError: unknown optimizer 'nadam'"):
-            training.run(_options(tmp_path, tuner="random", max_trials=2, max_epochs=1,
-                                  hparams=("optimizer=nadam",)))
-    assert not (tmp_path / "results" / "mnist_lenet" / "s" / "best_hparams.json").exists()
+                                            r"\(trial_1\): ValueError: cannot build with "
+                                            r"dropout 0.0 \(tracebacks in "):
+            runner.run(_options(tmp_path, tuner="random", max_trials=2, max_epochs=1))
+    sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
+    assert not (sweep_dir / "best_hparams.json").exists()
+    # Each failed trial left its traceback in its folder, not on the console.
+    for trial in ("trial_1", "trial_2"):
+        assert "ValueError: cannot build" in (sweep_dir / trial / "error.log").read_text()
 
 
 def test_searched_name_cannot_also_be_fixed(tmp_path):
     with pytest.raises(UserError, match="--hparams fixes dropout"):
-        training.run(_options(tmp_path, tuner="random", hparams=("dropout=0.1",)))
+        runner.run(_options(tmp_path, tuner="random", hparams=("dropout=0.1",)))
 
 
-def test_hyperband_needs_an_epochs_hyperparameter(tmp_path):
-    with pytest.raises(UserError, match="Hyperband needs an 'epochs' hyperparameter"):
-        training.run(_options(tmp_path, experiment="pruning_qat", tuner="hyperband"))
+def test_hyperband_refuses_a_multi_stage_experiment(tmp_path):
+    with pytest.raises(UserError, match="Hyperband continues trials epoch by epoch"):
+        runner.run(_options(tmp_path, experiment="pruning_qat", tuner="hyperband"))
 
 
 def test_hparams_file_round_trip_and_explicit_hparams_win(tmp_path):
@@ -118,10 +156,10 @@ def test_hparams_file_round_trip_and_explicit_hparams_win(tmp_path):
     path = tmp_path / "best_hparams.json"
     path.write_text(json.dumps({"hparams": {"learning_rate": 0.002, "batch_size": 32,
                                             "dropout": 0.2, "epochs": 1}}))
-    training.run(training.RunOptions(
+    runner.run(RunOptions(
         experiment="mnist_lenet", results_dir=str(tmp_path / "results"), verbose=0,
         data_dir=str(folder), run_name="a", hparams_file=str(path)))
-    training.run(training.RunOptions(
+    runner.run(RunOptions(
         experiment="mnist_lenet", results_dir=str(tmp_path / "results"), verbose=0,
         data_dir=str(folder), run_name="b", hparams_file=str(path),
         hparams=("dropout=0.1",)))
@@ -135,10 +173,21 @@ def test_hparams_file_with_unknown_name(tmp_path):
     path = tmp_path / "h.json"
     path.write_text(json.dumps({"learning_rat": 0.1}))
     with pytest.raises(UserError, match="'learning_rat'"):
-        training.run(training.RunOptions(experiment="mnist_lenet", hparams_file=str(path),
+        runner.run(RunOptions(experiment="mnist_lenet", hparams_file=str(path),
                                          results_dir=str(tmp_path / "results")))
 
 
+def test_resumed_sweep_on_other_data_is_refused(tmp_path):
+    (tmp_path / "tfds").mkdir()
+    folder = write_idx_dataset(tmp_path / "idx", num_train=200, num_test=40)
+    with tfds.testing.mock_data(num_examples=64):
+        runner.run(_options(tmp_path, tuner="random", max_trials=1, max_epochs=1))
+    with pytest.raises(UserError, match="started with other data"):
+        runner.run(_options(tmp_path, tuner="random", max_trials=1, max_epochs=1,
+                            data_dir=str(folder)))
+
+
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=600, num_test=60)
     args = [sys.executable, str(ROOT / "launch.py"), "--experiment=mnist_lenet",
