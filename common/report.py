@@ -4,12 +4,16 @@
     python -m common.report --results_dir=DIR
 
 Reads every `metrics.json` under the results folder (runs, and the trials of
-sweeps), prints one table per experiment, and writes `report.md` with PNG
-plots beside it: training and validation curves per run, and for pruning_qat
-test accuracy against model size per stage.
+sweeps), prints one table per experiment and a comparison of the
+experiments, and writes `report.md` with PNG plots beside it: training and
+validation curves per experiment (stage boundaries marked), and, for runs
+that measured several models (a `models_measured` table), test accuracy
+against model size. It follows what each metrics.json declares; a file it
+cannot read is skipped with one line naming it.
 """
 
 import json
+import math
 import pathlib
 import sys
 from typing import Any, Optional
@@ -21,20 +25,50 @@ flags.DEFINE_integer("max_runs_per_plot", 8, "Curves of at most this many runs p
                      "experiment (the best by test accuracy).", lower_bound=1)
 FLAGS = flags.FLAGS
 
-COLUMNS = ("run", "strategy", "replicas", "epochs", "test accuracy", "images/s", "model bytes")
+COLUMNS = ("run", "status", "dataset", "strategy", "replicas", "epochs", "test accuracy",
+           "images/s", "model bytes")
+COMPARISON = ("experiment", "run", "dataset", "test accuracy", "parameters", "images/s",
+              "wall s", "model", "model bytes")
+# Where Debian's dataset packages install real data; other local sources may
+# be fixtures, and the table says which folder a run read.
+REAL_SOURCES = ("tfds", "/usr/share/datasets/")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _problem(metrics: Any) -> Optional[str]:
+    """Why a metrics.json cannot be reported, or None."""
+    if not isinstance(metrics, dict):
+        return f"not a JSON object ({type(metrics).__name__})"
+    if metrics.get("status", "completed") != "failed" and not _number(
+            metrics.get("test_accuracy")):
+        return f"test_accuracy is {metrics.get('test_accuracy')!r}, not a number"
+    history = metrics.get("history", [])
+    if not isinstance(history, list) or not all(
+            isinstance(row, dict) and _number(row.get("epoch")) for row in history):
+        return "its history is not a list of epoch rows"
+    return None
 
 
 def find_runs(results_dir: pathlib.Path) -> dict[str, list[dict[str, Any]]]:
-    """experiment -> finished runs (metrics.json plus where it was found)."""
+    """experiment -> runs (metrics.json plus where it was found); unreadable
+    or malformed files are skipped with one line on stderr."""
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(results_dir.glob("*/**/metrics.json")):
         relative = path.parent.relative_to(results_dir)
-        if relative.parts[0] == "bench":
+        if relative.parts[0] in ("bench", "crashes"):
             continue
         try:
             metrics = json.loads(path.read_text())
-        except (OSError, ValueError):
-            print(f"report: skipping unreadable {path}", file=sys.stderr)
+        except (OSError, ValueError) as e:
+            print(f"report: skipping {path}: {e}", file=sys.stderr)
+            continue
+        problem = _problem(metrics)
+        if problem:
+            print(f"report: skipping {path}: {problem}", file=sys.stderr)
             continue
         metrics["_name"] = "/".join(relative.parts[1:])
         metrics["_dir"] = path.parent
@@ -42,14 +76,21 @@ def find_runs(results_dir: pathlib.Path) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
-def model_bytes(run: dict) -> Optional[int]:
-    """The deployable model's size: the int8 TFLite file for pruning_qat,
-    else the saved Keras model."""
-    for row in run.get("stages", []):
-        if row.get("stage") == "int8_tflite":
-            return row.get("bytes")
+def headline_model(run: dict) -> Optional[dict]:
+    """The declared model whose figures are the run's headline (metrics'
+    headline_model; runs before it declared models: model/model.keras)."""
+    name = run.get("headline_model", "model")
+    for entry in run.get("models") or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry
     path = run["_dir"] / run.get("model_path", "model/model.keras")
-    return path.stat().st_size if path.is_file() else None
+    return {"name": name, "path": str(path), "bytes": path.stat().st_size} \
+        if path.is_file() else None
+
+
+def model_bytes(run: dict) -> Optional[int]:
+    entry = headline_model(run)
+    return entry.get("bytes") if entry else None
 
 
 def _cell(value) -> str:
@@ -62,22 +103,52 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _seconds(value) -> Optional[str]:
+    return f"{value:,.1f}" if _number(value) else None
+
+
+def data_label(run: dict) -> str:
+    """The dataset, and the folder it came from unless that is TFDS or a
+    system dataset package (a fixture or a user's folder is named)."""
+    dataset, source = run.get("dataset", "?"), str(run.get("data_source") or "")
+    if not source or source.startswith(REAL_SOURCES):
+        return str(dataset)
+    return f"{dataset} ({pathlib.Path(source).name})"
+
+
 def rows_for(runs: list[dict]) -> list[list[str]]:
-    return [[_cell(v) for v in (run["_name"], run.get("strategy"), run.get("num_replicas"),
+    return [[_cell(v) for v in (run["_name"], run.get("status", "completed"), data_label(run),
+                                 run.get("strategy"), run.get("num_replicas"),
                                  run.get("epochs"), run.get("test_accuracy"),
                                  run.get("train_images_per_second"), model_bytes(run))]
             for run in runs]
 
 
-def text_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [list(COLUMNS)] + rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)),
+def comparison_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
+    """One row per experiment: its best completed run by test accuracy."""
+    rows = []
+    for experiment in sorted(runs):
+        done = [r for r in runs[experiment] if r.get("status", "completed") != "failed"]
+        if not done:
+            continue
+        best = max(done, key=lambda r: r["test_accuracy"])
+        entry = headline_model(best) or {}
+        rows.append([_cell(v) for v in (
+            experiment, best["_name"], data_label(best), best["test_accuracy"],
+            best.get("num_parameters"), best.get("train_images_per_second"),
+            _seconds(best.get("wall_seconds_total")), entry.get("name"), entry.get("bytes"))])
+    return rows
+
+
+def text_table(columns, rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [list(columns)] + rows) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
     return "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows])
 
 
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown_table(columns, rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
@@ -89,25 +160,38 @@ def _pyplot():
     return pyplot
 
 
-def plot_curves(runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
-    """Loss and accuracy per epoch, training solid and validation dashed."""
+def plot_curves(experiment: str, runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
+    """Loss and accuracy per epoch (epochs numbered from 1), training solid
+    and validation dashed, with markers so a one-epoch run shows; stage
+    boundaries of a run's first curve dotted."""
+    from matplotlib.ticker import MaxNLocator
     plt = _pyplot()
-    chosen = sorted((r for r in runs if r.get("history")),
-                    key=lambda r: r.get("test_accuracy") or 0, reverse=True)[:max_runs]
+    chosen = sorted((r for r in runs if r.get("history") and r.get("status") != "failed"),
+                    key=lambda r: r["test_accuracy"], reverse=True)[:max_runs]
     if not chosen:
         return False
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in chosen:
         epochs = [row["epoch"] + 1 for row in run["history"]]
         for axis, metric in zip(axes, ("loss", "accuracy")):
             line, = axis.plot(epochs, [row.get(metric) for row in run["history"]],
-                              label=f"{run['_name']} train")
+                              marker="o", markersize=3, label=f"{run['_name']} train")
             axis.plot(epochs, [row.get(f"val_{metric}") for row in run["history"]],
-                      linestyle="--", color=line.get_color(),
+                      linestyle="--", marker="s", markersize=3, color=line.get_color(),
                       label=f"{run['_name']} validation")
+    stages = [s for s in chosen[0].get("stages") or [] if isinstance(s, dict)]
+    for axis in axes:
+        for stage in stages[1:]:
+            if _number(stage.get("first_epoch")):
+                axis.axvline(stage["first_epoch"] + 0.5, color="grey", linestyle=":")
+                axis.text(stage["first_epoch"] + 0.55, 1.0, stage.get("name", ""),
+                          transform=axis.get_xaxis_transform(), fontsize=7, va="top",
+                          color="grey")
     for axis, metric in zip(axes, ("loss", "accuracy")):
         axis.set_xlabel("epoch")
         axis.set_ylabel(metric)
+        axis.set_title(f"{experiment}: {metric} (train solid, validation dashed)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
@@ -116,26 +200,47 @@ def plot_curves(runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
     return True
 
 
-def plot_compression(runs: list[dict], path: pathlib.Path) -> bool:
-    """pruning_qat: test accuracy against gzip size (what pruning buys) for
-    every stage of every run."""
+def plot_accuracy_vs_size(experiment: str, runs: list[dict], path: pathlib.Path) -> bool:
+    """Test accuracy against gzip size of every model a run measured; the
+    accuracy axis spans at least 5 points, so small differences look small."""
+    from matplotlib.ticker import FuncFormatter
     plt = _pyplot()
-    staged = [r for r in runs if r.get("stages")]
-    if not staged:
+    measured = [r for r in runs if isinstance(r.get("models_measured"), list)
+                and r.get("status") != "failed"]
+    if not measured:
         return False
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip(("baseline", "pruned", "pqat", "float_tflite", "int8_tflite"), "osDv^"))
-    for index, run in enumerate(staged):
-        color = f"C{index}"
-        for row in run["stages"]:
-            axis.scatter(row["gzip_bytes"] / 1024, row["test_accuracy"], color=color,
-                         marker=markers.get(row["stage"], "o"), s=40,
-                         label=f"{run['_name']}: {row['stage']}")
+    figure, axis = plt.subplots(figsize=(8, 5))
+    markers = "osDv^<>p*"
+    accuracies = []
+    for index, run in enumerate(measured):
+        for number, row in enumerate(r for r in run["models_measured"] if isinstance(r, dict)):
+            if not (_number(row.get("gzip_bytes")) and _number(row.get("test_accuracy"))):
+                continue
+            x, y = row["gzip_bytes"] / 1024, row["test_accuracy"]
+            accuracies.append(y)
+            # Hollow markers of different shapes: models of the same size and
+            # accuracy (a float TFLite file and its Keras model) both show.
+            axis.scatter(x, y, facecolors="none", edgecolors=f"C{index}", linewidths=1.5,
+                         marker=markers[number % len(markers)], s=70,
+                         label=f"{run['_name']}: {row.get('name')}")
+            axis.annotate(row.get("name", ""), (x, y), xytext=(4, 4 + 8 * (number % 2)),
+                          textcoords="offset points", fontsize=7)
+    if not accuracies:
+        plt.close(figure)
+        return False
+    middle = (max(accuracies) + min(accuracies)) / 2
+    half = max(0.025, (max(accuracies) - min(accuracies)) / 2 + 0.01)
+    axis.set_ylim(max(0.0, middle - half), min(1.0, middle + half))
     axis.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.xaxis.set_major_formatter(plain)
+    axis.xaxis.set_minor_formatter(plain)
+    axis.tick_params(axis="x", which="minor", labelsize=7)
     axis.set_xlabel("model size after gzip (KiB, log scale)")
     axis.set_ylabel("test accuracy")
+    axis.set_title(f"{experiment}: test accuracy against size, per model")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=6, ncol=2 if len(staged) > 1 else 1)
+    axis.legend(fontsize=6, ncol=2 if len(measured) > 1 else 1)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -150,17 +255,22 @@ def build_report(results_dir: pathlib.Path, max_runs: int = 8) -> tuple[str, str
         return message, f"# Results report\n\n{message}.\n"
     text, markdown = [], ["# Results report", "",
                           f"Every finished run under `{results_dir}`.", ""]
+    comparison = comparison_rows(runs)
+    if comparison:
+        text += ["== comparison (each experiment's best completed run)",
+                 text_table(COMPARISON, comparison), ""]
+        markdown += ["## Comparison", "", "Each experiment's best completed run.", "",
+                     markdown_table(COMPARISON, comparison), ""]
     for experiment in sorted(runs):
         rows = rows_for(runs[experiment])
-        text += [f"== {experiment} ({len(rows)} runs)", text_table(rows), ""]
-        markdown += [f"## {experiment}", "", markdown_table(rows), ""]
+        text += [f"== {experiment} ({len(rows)} runs)", text_table(COLUMNS, rows), ""]
+        markdown += [f"## {experiment}", "", markdown_table(COLUMNS, rows), ""]
         curves = results_dir / f"report_{experiment}_curves.png"
-        if plot_curves(runs[experiment], curves, max_runs):
+        if plot_curves(experiment, runs[experiment], curves, max_runs):
             markdown += [f"![training and validation curves]({curves.name})", ""]
-        if experiment == "pruning_qat":
-            sizes = results_dir / "report_pruning_qat_accuracy_vs_size.png"
-            if plot_compression(runs[experiment], sizes):
-                markdown += [f"![accuracy against model size per stage]({sizes.name})", ""]
+        sizes = results_dir / f"report_{experiment}_accuracy_vs_size.png"
+        if plot_accuracy_vs_size(experiment, runs[experiment], sizes):
+            markdown += [f"![accuracy against model size]({sizes.name})", ""]
     return "\n".join(text), "\n".join(markdown)
 
 
@@ -172,8 +282,13 @@ def main(argv):
     if not results_dir.is_dir():
         print(f"report: error: --results_dir {results_dir} does not exist", file=sys.stderr)
         return 1
-    text, markdown = build_report(results_dir, FLAGS.max_runs_per_plot)
-    (results_dir / "report.md").write_text(markdown)
+    try:
+        text, markdown = build_report(results_dir, FLAGS.max_runs_per_plot)
+        (results_dir / "report.md").write_text(markdown)
+    except OSError as e:
+        print(f"report: error: cannot write {e.filename or results_dir}: {e.strerror}",
+              file=sys.stderr)
+        return 1
     print(text)
     print(f"Wrote {results_dir / 'report.md'}")
     return 0

@@ -135,6 +135,7 @@ def finish(context: FinishContext) -> dict:
         "test": {"accuracy": int8_row["test_accuracy"], "loss": int8_row["test_loss"],
                  "examples": int8_row["num_test_examples"]},
         "test_accuracy_is": "int8 TFLite model, through the interpreter",
+        "headline_model": "int8_tflite",
         "interpreter": export.INTERPRETER,
         "models_measured": rows,
         "models": declared,
