@@ -146,7 +146,7 @@ def main(argv):
     launch_args = argv[1:]
     if not any(a.startswith("--experiment") for a in launch_args):
         print("local_cluster: error: pass launch.py's flags after --, for example: "
-              "python -m common.local_cluster --workers=2 -- --experiment=mnist_lenet",
+              "python -m common.local_cluster --workers=2 -- --experiment=NAME",
               file=sys.stderr)
         return 2
     return run_cluster(FLAGS.workers, launch_args, FLAGS.grace_seconds)
