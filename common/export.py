@@ -34,7 +34,10 @@ def to_tflite(model: tf_keras.Model, *, quantize: bool = False,
     quantization-aware-trained model yields an int8 model from the learned
     ranges; `integer_io` also makes its input and output int8, removing the
     float<->int8 conversions at both ends."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    from common import models
+    # A mixed-precision model converts as float32: TFLite has no bfloat16
+    # kernels, and float16 belongs to its own post-training option.
+    converter = tf.lite.TFLiteConverter.from_keras_model(models.as_float32(model))
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if integer_io:
