@@ -19,6 +19,8 @@ def get_config() -> dict:
     return {
         "dataset": "mnist",
         "validation_fraction": 0.1,   # carved from the end of train
+        "image_size": 28,             # --dataset=image_folder: resized to 28x28,
+        "image_channels": 1,          # grey
         "batch_size": 64,             # global, split across replicas
         "epochs": 10,
         "optimizer": "adam",
