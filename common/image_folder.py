@@ -639,7 +639,8 @@ def load(data_dir: Optional[str], *, validation_fraction: float = 0.1,
          image_channels: int = 0) -> "data.Splits":
     """Reads, cleans, checks and splits the image folder `data_dir`.
 
-    Returns data.Splits of (image uint8 [image_size, image_size, C], label
+    Returns data.Splits of (image uint8 [H, W, C]: image_size x
+    image_size, or the images' own size with image_size 0; C 1 or 3; label
     int64 in sorted-class-name order), class_names, and `report` (what
     data_report.json holds; see the module docstring). Logs a summary.
     Raises UserError for a missing or empty folder, no class folders, one
