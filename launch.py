@@ -52,12 +52,14 @@ flags.DEFINE_integer("epochs", None, "Override the experiment's epochs (multi-st
 flags.DEFINE_integer("batch_size", None, "Global batch size (split across replicas).",
                      lower_bound=1)
 flags.DEFINE_list("hparams", [], "Hyperparameter overrides: name=value,name=value.")
-flags.DEFINE_string("dataset", None, "Override the experiment's dataset (a TFDS name).")
+flags.DEFINE_string("dataset", None, "Override the experiment's dataset (a TFDS name, or "
+                    "image_folder: class folders of images in --data_dir).")
 flags.DEFINE_string("weights", None, "Pretrained weights, for experiments that take "
                     "them: imagenet, none, or the path of a local weights file.")
 flags.DEFINE_string("init_from", None, "A finished run folder (results/<experiment>/<run>) "
                     "whose model an experiment starts from (pruning_qat).")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir, or a folder of the original files.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir, a folder of the original files, or "
+                    "the image folder of --dataset=image_folder.")
 flags.DEFINE_string("results_dir", "results", "Where run folders are created.")
 flags.DEFINE_string("run_name", None, "Run folder name; an unfinished run of that "
                     "name is resumed. Default: a new timestamped folder.")

@@ -78,7 +78,7 @@ def prepared(name: str, data_dir: str, dataset: str):
                          weights="none" if name == "cifar_vgg_transfer" else None)
     config = runner.resolve_config(experiment, options)
     splits = data.load(config["dataset"], data_dir=data_dir,
-                       validation_fraction=config["validation_fraction"])
+                       validation_fraction=config["validation_fraction"], hparams=config)
     augment = experiments.hook(experiment, "augment")
     pipes = data.pipelines(splits, config["batch_size"], augment=functools.partial(
         _augment, augment, config) if augment else None)

@@ -5,6 +5,8 @@
 batched, prefetched stream a model trains on.
 
 Where data comes from, in order:
+  0. `--dataset=image_folder`: the folder `--data_dir` of class folders of
+     images, cleaned, checked and cached by common/image_folder.py.
   1. `--data_dir` holding the original distribution files (MNIST and
      Fashion-MNIST IDX files, CIFAR-10's binary version): read and validated
      by common/local_files.py.
@@ -50,6 +52,7 @@ class Splits:
     num_classes: int
     source: str  # "tfds" or the folder the original files were read from
     class_names: tuple[str, ...] = ()  # in class-index order
+    report: Optional[dict] = None  # image_folder's cleaning report (data_report.json)
 
 
 def _system_folder(name: str) -> Optional[pathlib.Path]:
@@ -127,11 +130,17 @@ def _tfds_splits(name: str, data_dir: Optional[str], validation_fraction: float,
 
 
 def load(name: str, data_dir: Optional[str] = None,
-         validation_fraction: float = 0.1) -> Splits:
-    """Loads dataset `name`; see the module docstring for where from."""
+         validation_fraction: float = 0.1, hparams: Optional[dict] = None) -> Splits:
+    """Loads dataset `name`; see the module docstring for where from.
+    `hparams`: the run's, for image_folder's image_size, image_channels and
+    test_fraction."""
     if not 0.0 < validation_fraction < 1.0:
         raise UserError(f"validation_fraction must be between 0 and 1, got "
                         f"{validation_fraction}")
+    if name == "image_folder":
+        from common import image_folder
+        return image_folder.load(data_dir, validation_fraction=validation_fraction, **{
+            k: v for k, v in (hparams or {}).items() if k in image_folder.HPARAMS})
     if data_dir is not None:
         folder = pathlib.Path(data_dir).expanduser()
         if not folder.is_dir():

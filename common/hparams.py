@@ -82,9 +82,17 @@ def _number(value: float) -> str:
 # What common/ reads; every experiment's config extends it. Experiments give
 # their own defaults for these names in get_config().
 SHARED: dict[str, HParam] = {
-    "dataset": HParam("mnist", help="TFDS name (mnist, fashion_mnist, cifar10, ...)"),
+    "dataset": HParam("mnist", help="TFDS name (mnist, fashion_mnist, cifar10, ...) "
+                      "or image_folder (--data_dir: class folders of images)"),
     "validation_fraction": HParam(0.1, gt=0, lt=1,
                                   help="share of train held out for validation"),
+    # --dataset=image_folder (common/image_folder.py); experiments set their own.
+    "test_fraction": HParam(0.1, gt=0, lt=1, help="image_folder, one folder per class: "
+                            "share of each class held out for testing"),
+    "image_size": HParam(0, ge=0, le=4096, help="image_folder: images resized to N x N; "
+                         "0: their own size, which they must share"),
+    "image_channels": HParam(0, choices=(0, 1, 3), help="image_folder: 1 grey, 3 RGB; "
+                             "0: grey if every image is grey, else RGB"),
     "batch_size": HParam(64, ge=1, help="global batch, split across replicas"),
     "epochs": HParam(10, ge=0, help="single-stage experiments: epochs to train; "
                      "multi-stage ones: 0 keeps each stage's own, N runs N in every "

@@ -104,7 +104,8 @@ def data_identity(config: dict, options: RunOptions, splits: data.Splits) -> dic
     """What a resumed run must find again: the dataset and where it came from."""
     data_dir = (str(pathlib.Path(options.data_dir).expanduser().resolve())
                 if options.data_dir else None)
-    return {"dataset": config["dataset"], "data_dir": data_dir, "source": splits.source}
+    return {"dataset": config["dataset"], "data_dir": data_dir, "source": splits.source,
+            **({"layout": splits.report["layout"]} if splits.report else {})}
 
 
 def train_run(experiment, options: RunOptions, config: dict,
@@ -122,7 +123,7 @@ def _train(experiment, options: RunOptions, config: dict,
            strategy: tf.distribute.Strategy) -> dict[str, Any]:
     stages = stages_of(experiment, config)
     splits = data.load(config["dataset"], data_dir=options.data_dir,
-                       validation_fraction=config["validation_fraction"])
+                       validation_fraction=config["validation_fraction"], hparams=config)
     augment = experiments.hook(experiment, "augment")
     pipes = data.pipelines(
         splits, config["batch_size"], num_workers=strategy_lib.num_workers(strategy),
@@ -146,8 +147,12 @@ def _train(experiment, options: RunOptions, config: dict,
     folder = RunFolder.claim(options.experiment, options, config, strategy,
                              data_identity(config, options, splits),
                              {"class_names": list(splits.class_names),
-                              "image_shape": list(splits.image_shape)})
+                              "image_shape": list(splits.image_shape),
+                              **({"data_report": splits.report["summary"]}
+                                 if splits.report else {})})
     try:
+        if splits.report and folder.is_chief:  # image_folder's cleaning pass
+            results.write_json_atomic(folder.run_dir / "data_report.json", splits.report)
         runner.run_dir, runner.write_dir = folder.run_dir, folder.write_dir
         outcome = runner.run(lambda: first.pop() if first else build())
         records = [r.as_dict() for r in outcome.records]

@@ -163,7 +163,8 @@ def evaluate_run(options: RunOptions, config: dict,
     data_dir = options.data_dir or (saved.get("data") or {}).get("data_dir")
     splits = data.load(dataset, data_dir=data_dir,
                        validation_fraction=saved["hparams"].get("validation_fraction",
-                                                                config["validation_fraction"]))
+                                                                config["validation_fraction"]),
+                       hparams={**config, **saved["hparams"]})
     test_ds = evaluation.eval_dataset(splits.test, splits.num_test, config["batch_size"])
     images, labels = None, None
     scores = {}

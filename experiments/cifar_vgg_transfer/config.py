@@ -34,6 +34,8 @@ def get_config() -> dict:
     return {
         "dataset": "cifar10",
         "validation_fraction": 0.1,       # carved from the end of train
+        "image_size": 32,                 # --dataset=image_folder: resized to 32x32
+        "image_channels": 3,              # RGB (raise image_size with input_size)
         "batch_size": 64,                 # global, split across replicas
         "epochs": 0,                      # 0: each phase its own; N: N in both
         "input_size": HParam(32, ge=32, le=512,

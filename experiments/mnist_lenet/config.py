@@ -10,6 +10,11 @@ Expected: Fashion-MNIST, 5 epochs: test accuracy 0.90 (0.9042 measured
 --strategy=mirrored --num_cpu_devices=2).
 MNIST cannot be downloaded on the machine these figures come from; LeNet-5
 reaches about 0.99 there.
+
+Your own images, class folders (README, "Your own images"):
+    python launch.py --experiment=mnist_lenet --dataset=image_folder --data_dir=DIR
+6,000 Fashion-MNIST training images as PNG files, 3 epochs: test accuracy
+0.816 (mean of 5 seeds, measured 2026-11-29; the same images as IDX: 0.808).
 """
 
 from common.hparams import HParam
@@ -19,6 +24,8 @@ def get_config() -> dict:
     return {
         "dataset": "mnist",
         "validation_fraction": 0.1,   # carved from the end of train
+        "image_size": 28,             # --dataset=image_folder: resized to 28x28,
+        "image_channels": 1,          # grey
         "batch_size": 64,             # global, split across replicas
         "epochs": 10,
         "optimizer": "adam",

@@ -30,6 +30,8 @@ def get_config() -> dict:
     return {
         "dataset": "mnist",
         "validation_fraction": 0.1,
+        "image_size": 28,                  # --dataset=image_folder: as mnist_lenet,
+        "image_channels": 1,               # 28x28 grey
         "batch_size": 64,                  # global, split across replicas
         "epochs": 0,                       # 0: each stage its own; N: N in each
         "base_experiment": HParam("mnist_lenet", help="whose build_model is compressed"),
