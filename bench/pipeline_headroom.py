@@ -75,6 +75,8 @@ def measure(name: str, data_dir: str, dataset: str) -> dict:
     start = time.perf_counter()
     model.fit(one_batch, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
     model_rate = FLAGS.steps * batch / (time.perf_counter() - start)
+    if figures:
+        figures["first_read_ratio"] = figures["first_read_images_per_second"] / model_rate
     return {"pipeline_images_per_second": pipeline_rate,
             "model_images_per_second": model_rate,
             "ratio": pipeline_rate / model_rate, "batch_size": batch,
