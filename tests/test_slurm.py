@@ -448,3 +448,64 @@ def test_a_killed_task_fails_the_step_and_the_same_srun_resumes(slurm, tmp_path)
         assert metrics["num_replicas"] == 2 and metrics["status"] == "completed"
     finally:
         slurm.command("scancel", job, timeout=20)
+
+
+def test_the_sbatch_script_runs_and_a_requeued_job_resumes(slurm, tmp_path):
+    script = (ROOT / "cluster" / "slurm" / "train.sbatch").read_text()
+    assert "#SBATCH --requeue" in script
+    assert "srun --kill-on-bad-exit=1" in script and "--strategy=multi_worker_mirrored" in script
+    # This node has no GPUs that Slurm knows of: the copy drops the GPU line;
+    # the rest is the shipped script, its #SBATCH lines overridden as a user
+    # would, on sbatch's command line, and launch.py flags added after it.
+    copy = tmp_path / "train.sbatch"
+    copy.write_text(re.sub(r"^#SBATCH --gpus-per-node=.*$", "", script, flags=re.MULTILINE))
+    data = write_idx_dataset(tmp_path / "idx", num_train=800, num_test=100)
+    epochs = 4
+    results_dir = tmp_path / "results"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+         f"--output={tmp_path}/job-%j.out", str(copy), "--dataset=mnist",
+         f"--data_dir={data}", f"--results_dir={results_dir}", f"--epochs={epochs}",
+         "--batch_size=32"],
+        cwd=ROOT, env=dict(slurm.env(), PYTHON=sys.executable), capture_output=True,
+        text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    run_dir = results_dir / "mnist_lenet" / f"slurm-{job}"
+    log = tmp_path / f"job-{job}.out"
+
+    def state() -> str:
+        return slurm.command("squeue", "-h", "-j", job, "-o", "%T", timeout=20).stdout.strip()
+
+    try:
+        deadline = time.monotonic() + 240
+        while not history_epochs(run_dir):
+            assert state() and time.monotonic() < deadline, \
+                "the job ended before it could be requeued:\n" + log.read_text()[-4000:]
+            time.sleep(0.1)
+        # What a node failure or a preemption does to a --requeue job.
+        requeued = slurm.command("scontrol", "requeue", job, timeout=20)
+        assert requeued.returncode == 0, requeued.stderr
+        done_before = history_epochs(run_dir)
+        # Slurm holds a requeued job back for a while; start it now.
+        while state() != "RUNNING" and time.monotonic() < deadline:
+            if state() == "PENDING":
+                slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now",
+                              timeout=20)
+            time.sleep(0.5)
+        while state() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not state(), "the requeued job did not finish in time"
+    finally:
+        slurm.command("scancel", job, timeout=20)
+    output = log.read_text()
+    before, cut, after = output.partition("DUE TO JOB REQUEUE")
+    assert cut, output[-4000:]
+    assert "Starting run" in before and "Resuming run" in after, output[-4000:]
+    assert task_lines(after, r"--run_name=(slurm-\d+) \(a requeued") == {
+        "0": run_dir.name, "1": run_dir.name}  # the same job id: the same run
+    assert not re.search(r"^\s*\d+: Epoch 1/", after, re.MULTILINE)  # resumed, not restarted
+    assert 0 < len(done_before) < epochs
+    assert history_epochs(run_dir) == list(range(epochs))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["num_replicas"] == 2
