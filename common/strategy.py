@@ -147,10 +147,8 @@ def _multi_worker_strategy(cluster_timeout: float) -> tf.distribute.Strategy:
         # follows (TensorFlow's resolver, is_chief, num_workers) is the
         # TF_CONFIG path, the one tested with local workers.
         os.environ["TF_CONFIG"] = json.dumps(config)
-    elif slurm_job_id():
-        raise UserError(f"--strategy=multi_worker_mirrored inside Slurm job {slurm_job_id()} "
-                        "but outside a job step (no SLURM_STEP_ID): start the workers with "
-                        "srun, e.g. srun python launch.py ...")
+    else:
+        _check_slurm_step()
     if config:
         # TensorFlow's constructor waits for every peer, silently and deaf to
         # SIGTERM: wait here first, where a timeout can say who is missing.
@@ -249,6 +247,15 @@ def in_slurm_step() -> bool:
         and "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env
 
 
+def _check_slurm_step() -> None:
+    """Inside a Slurm job without TF_CONFIG, multi-worker training needs the
+    workers started by srun: a batch script or salloc shell alone is one."""
+    if slurm_job_id() and not os.environ.get("TF_CONFIG") and not in_slurm_step():
+        raise UserError(f"--strategy=multi_worker_mirrored inside Slurm job {slurm_job_id()} "
+                        "but not in a job step: start the workers with srun, e.g. "
+                        "srun python launch.py ...")
+
+
 def _slurm_int(name: str) -> int:
     raw = os.environ.get(name)
     if raw is None:
@@ -313,10 +320,12 @@ def _slurm_gpu_share(visible: int, local_tasks: int, local_id: int,
 def slurm_tf_config(visible_gpus: int = 0) -> SlurmTask:
     """This task of the current Slurm job step (srun), read from Slurm's
     variables by TensorFlow's SlurmClusterResolver: every task of the step is
-    a worker on "<node>:<port>", and worker 0 (Slurm's task 0 where tasks are
-    placed in node order, srun's default) is the chief. `visible_gpus` is
-    how many GPUs this task sees; with none (a CPU-only node) the resolver's
-    GPU bookkeeping, which divides by the GPUs per task, gets one per task.
+    a worker on "<node>:<port>" (nodes sorted by name, each node's tasks on
+    consecutive ports), this task is the one on its node and local task id,
+    and worker 0 is the chief: Slurm's task 0, unless node names sort in
+    another order than Slurm's node list. `visible_gpus` is how many GPUs
+    this task sees; with none (a CPU-only node) the resolver's GPU
+    bookkeeping, which divides by the GPUs per task, gets one per task.
     Raises UserError naming what is wrong: a step of one task, counts that
     disagree, GPUs that cannot be shared among the node's tasks."""
     env = os.environ
@@ -392,10 +401,13 @@ def slurm_run_defaults(options):
     keeps its id) or the same srun run again in the job resumes its run.
     Returns `options`, or a copy with the name set. Raises UserError where
     several tasks of a step would each train on their own (a strategy other
-    than multi_worker_mirrored)."""
+    than multi_worker_mirrored), or where multi_worker_mirrored is asked for
+    in the job but outside a step (no srun)."""
     job = slurm_job_id()
     if job is None:
         return options
+    if options.strategy == "multi_worker_mirrored":
+        _check_slurm_step()
     tasks = _slurm_int("SLURM_STEP_NUM_TASKS") if in_slurm_step() else 1
     if tasks > 1 and options.strategy != "multi_worker_mirrored":
         raise UserError(f"this Slurm step runs {tasks} tasks, but --strategy="

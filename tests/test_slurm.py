@@ -72,6 +72,21 @@ def test_two_nodes_give_each_task_its_node_and_port(monkeypatch):
     assert config["task"]["index"] == 2
 
 
+def test_tasks_placed_cyclically_still_find_themselves(monkeypatch):
+    # srun -m cyclic: task 1 is the first task of node b, task 2 the second of a.
+    for procid, node, localid, index in ((0, "a", 0, 0), (1, "b", 0, 2), (2, "a", 1, 1)):
+        slurm_step_env(monkeypatch, procid=procid, localid=localid, ntasks=4,
+                       nodelist="a,b", tasks_per_node="2(x2)", node=node)
+        assert strategy_lib.slurm_tf_config().config["task"]["index"] == index
+
+
+def test_tf_config_wins_over_the_slurm_step_in_the_worker_count(monkeypatch):
+    slurm_step_env(monkeypatch)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["h:1", "h:2", "h:3"]}, "task": {"type": "worker", "index": 0}}))
+    assert strategy_lib.expected_workers() == 3
+
+
 def test_ports_follow_the_job_and_step(monkeypatch):
     slurm_step_env(monkeypatch, job="77", step="3")
     first = strategy_lib.slurm_tf_config().config["cluster"]["worker"]
@@ -139,6 +154,15 @@ def test_runs_and_sweeps_are_named_after_the_job(monkeypatch):
     monkeypatch.delenv("SLURM_STEP_ID")
     single = RunOptions(experiment="mnist_lenet")
     assert strategy_lib.slurm_run_defaults(single).run_name == "slurm-4242"
+
+
+def test_multi_worker_in_a_job_but_not_in_a_step_is_one_line(monkeypatch):
+    slurm_step_env(monkeypatch)
+    monkeypatch.delenv("SLURM_STEP_ID")  # a batch script or an salloc shell
+    with pytest.raises(UserError, match=r"inside Slurm job 77 but not in a job step: "
+                                        r"start the workers with srun"):
+        strategy_lib.slurm_run_defaults(RunOptions(experiment="mnist_lenet",
+                                                   strategy="multi_worker_mirrored"))
 
 
 def test_outside_slurm_nothing_is_named(monkeypatch):
