@@ -26,6 +26,7 @@ import pytest
 
 from common import strategy as strategy_lib
 from common.errors import UserError
+from common.local_cluster import free_ports
 from common.options import RunOptions
 from tests.fixtures import history_epochs, write_idx_dataset
 
@@ -233,19 +234,6 @@ class PrivateSlurm:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _free_ports(count: int) -> list:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _slurm_conf(root: pathlib.Path, node: str, cpus: int, ports: list) -> str:
     return "\n".join([
         "ClusterName=private",
@@ -274,6 +262,7 @@ def _slurm_conf(root: pathlib.Path, node: str, cpus: int, ports: list) -> str:
         "JobCompType=jobcomp/none",
         "AccountingStorageType=accounting_storage/none",
         "KillWait=5",  # after a task fails, SIGKILL the rest within 5 s
+        "SlurmdParameters=config_overrides",  # CPUs= as written, even above the real count
         f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
         f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP",
         ""])
@@ -304,7 +293,7 @@ def start_private_slurm() -> PrivateSlurm:
     key.chmod(0o400)
     (root / "plugstack.conf").write_text("")
     conf = root / "slurm.conf"
-    conf.write_text(_slurm_conf(root, node, os.cpu_count() or 1, _free_ports(2)))
+    conf.write_text(_slurm_conf(root, node, max(2, os.cpu_count() or 1), free_ports(2)))
     cluster = PrivateSlurm(root, conf, [])
     commands = {
         "munged": ["munged", "--foreground", f"--socket={root}/run/munge.socket",
