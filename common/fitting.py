@@ -310,7 +310,9 @@ def stage_callbacks(*, write_dir: pathlib.Path, backup_dir: pathlib.Path,
 def check_backup(keras_dir: pathlib.Path, run_dir: pathlib.Path) -> None:
     """Raises UserError naming the folder when a stage's BackupAndRestore
     checkpoint cannot be read (truncated, corrupt), with the way to start over."""
-    keras_dir = pathlib.Path(keras_dir)
+    # tf_keras' BackupAndRestore reads its checkpoint from <dir>/chief, with
+    # one worker or several (other workers' temporary copies sit beside it).
+    keras_dir = pathlib.Path(keras_dir) / "chief"
     if not keras_dir.exists():
         return
     try:

@@ -30,6 +30,7 @@ def run(options: RunOptions) -> dict[str, Any]:
     if options.mode not in choices.MODES:
         raise UserError(f"unknown --mode={options.mode!r}; choose one of: "
                         f"{', '.join(choices.MODES)}")
+    options = strategy_lib.slurm_run_defaults(options)  # inside Slurm: slurm-<job id>
     if options.run_name is not None:
         results.check_name("run_name", options.run_name)
     if options.sweep_name is not None:

@@ -258,7 +258,13 @@ class StageRunner:
 
     def drop_backup(self, stage: Stage) -> None:
         shutil.rmtree(self.backup_dir(stage), ignore_errors=True)
-        shutil.rmtree(self.keras_backup_dir(stage), ignore_errors=True)
+        # The Keras backup folder is the chief's on every worker: only the
+        # chief drops its checkpoint (a worker that finishes the stage first
+        # would delete it under the chief's last save), and only its "chief"
+        # folder (the other workers' temporary copies sit beside it, and
+        # each worker deletes its own).
+        if strategy_lib.is_chief(self.strategy):
+            shutil.rmtree(self.keras_backup_dir(stage) / "chief", ignore_errors=True)
 
     # -- running -----------------------------------------------------------
     def run(self, initial: Callable[[], tf_keras.Model]) -> Outcome:
