@@ -19,8 +19,10 @@ def _interrupted(signum, frame):
     # One line and exit 130 at any moment, TensorFlow's import included.
     # Nothing is lost: backups and results are written atomically, and the
     # run's lock is released by the operating system.
-    print("\nlaunch.py: interrupted; the same command (with the run's --run_name) "
-          "resumes it", file=sys.stderr, flush=True)
+    common_module = sys.modules.get("common")
+    fd = getattr(common_module, "user_stderr_fd", 2)
+    os.write(fd, b"\nlaunch.py: interrupted; the same command (with the run's --run_name) "
+                 b"resumes it\n")
     os._exit(130)
 
 
@@ -121,12 +123,29 @@ def main(argv):
         print(f"launch.py: error:{where}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug: one line here, the traceback in a file
+        reason = _system_reason(e)
+        if reason:  # TensorFlow's own file writers report a full or read-only disk so
+            print(f"launch.py: error: {reason}", file=sys.stderr)
+            return 1
         log = crash.write_log(options.results_dir, options.experiment)
         print(f"launch.py: error: unexpected {type(e).__name__}: "
               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''} "
               f"(traceback in {log}; please report it)", file=sys.stderr)
         return 2
     return 0
+
+
+_SYSTEM_REASONS = ("No space left on device", "Read-only file system", "Permission denied",
+                   "Disk quota exceeded")
+
+
+def _system_reason(error: Exception) -> str:
+    """The first line of an error TensorFlow raised for a file-system reason
+    (its writers fail with their own error types), or an empty string."""
+    text = str(error).strip()
+    if any(reason in text for reason in _SYSTEM_REASONS):
+        return text.splitlines()[0][:300]
+    return ""
 
 
 def parse_flags(argv):

@@ -28,6 +28,11 @@ _STARTUP_NOISE = re.compile(
     r"computation placer already registered|cuda_(dnn|fft|blas)\.cc")
 
 
+# The terminal's stderr while quiet_native_startup() captures fd 2, so that a
+# message that must reach the user (an interrupt) still does.
+user_stderr_fd = 2
+
+
 @contextlib.contextmanager
 def quiet_native_startup():
     """Runs the block (TensorFlow's import and device discovery) with the
@@ -36,9 +41,11 @@ def quiet_native_startup():
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         yield
         return
+    global user_stderr_fd
     sys.stderr.flush()
     fd = sys.stderr.fileno()
     saved = os.dup(fd)
+    user_stderr_fd = saved
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), fd)
         try:
@@ -48,6 +55,7 @@ def quiet_native_startup():
         finally:
             sys.stderr.flush()
             os.dup2(saved, fd)
+            user_stderr_fd = fd
             os.close(saved)
             captured.seek(0)
             for line in captured.read().decode(errors="replace").splitlines(keepends=True):

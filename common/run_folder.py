@@ -70,9 +70,14 @@ class RunFolder:
             parent, options.run_name, config, data, restart=options.restart)
         folder = cls(experiment, options, config, strategy, data, run_dir, run_dir,
                      resuming, lock, time.perf_counter())
-        logging.info("%s run %s (%s, %d replica(s)); to resume after an interruption: "
-                     "--run_name=%s", "Resuming" if resuming else "Starting", run_dir,
-                     label, replicas, run_dir.name)
+        if options.run_parent:  # a trial of a sweep: the sweep is what resumes
+            logging.info("%s %s (%s, %d replica(s)); to resume the sweep after an "
+                         "interruption: --sweep_name=%s", "Resuming" if resuming else
+                         "Starting", run_dir, label, replicas, parent.name)
+        else:
+            logging.info("%s run %s (%s, %d replica(s)); to resume after an interruption: "
+                         "--run_name=%s", "Resuming" if resuming else "Starting", run_dir,
+                         label, replicas, run_dir.name)
         try:
             if not (run_dir / results.CONFIG_FILE).exists():
                 results.write_json_atomic(run_dir / results.CONFIG_FILE, {

@@ -79,6 +79,9 @@ def resolve_config(experiment, options: RunOptions) -> dict[str, Any]:
                             f"hyperparameters: {', '.join(sorted(specs))}")
         config[name] = value
     hparams.check_all(config, specs)
+    if not config["dataset"].strip():
+        raise UserError("--dataset is empty; name a dataset (mnist, fashion_mnist, cifar10, "
+                        "image_folder or another TFDS name)")
     return config
 
 

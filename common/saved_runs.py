@@ -146,9 +146,10 @@ def load_entry(path: pathlib.Path, entry: dict) -> tf_keras.Model:
     try:
         with _scope(entry):
             return tf_keras.models.load_model(model_path)
-    except (OSError, ValueError, TypeError, KeyError) as e:
+    except Exception as e:  # a damaged file fails in many ways (zip, HDF5, Keras)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load the model {model_path}: {first}") from None
+        raise UserError(f"cannot load the model {model_path} ({type(e).__name__}: "
+                        f"{first}); is the file damaged?") from None
 
 
 def evaluate_run(options: RunOptions, config: dict,

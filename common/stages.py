@@ -336,6 +336,10 @@ class StageRunner:
                              len(model.trainable_weights),
                              "" if strategy is self.strategy else f", under {name}")
             fitting.check_backup(self.keras_backup_dir(stage), self.run_dir)
+            try:
+                self.backup_dir(stage).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise results.os_error(e, "create the backup folder") from None
             guard = fitting.DivergenceGuard()
             extra = stage.callbacks(context) if stage.callbacks else []
             callbacks, early = fitting.stage_callbacks(
