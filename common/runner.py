@@ -204,6 +204,12 @@ def _finish(experiment, folder: RunFolder, runner, outcome, pipes, records,
     stopped = [r for r in records if r.get("stopped_early")]
     models = [saved_runs.declare(folder.write_dir, "model", model_path,
                                  runner.stages[-1].load_scope), *extra.pop("models", [])]
+    if folder.is_chief:  # export/: SavedModel for serving, float TFLite, labels.txt
+        from common import deploy
+        served = deploy.export_after_training(folder.write_dir, models[0],
+                                              pipes.splits.class_names, pipes.splits.image_shape)
+        models += served.pop("models")
+        extra.update(served)
     metrics = {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "num_test_examples": test["examples"],
