@@ -17,7 +17,8 @@ or later with `--mode=export --run_name=RUN`):
                                values 0..255 [1, H, W, C] in, float32 logits
                                [1, num_classes] out (like pruning_qat's
                                baseline_float.tflite; pruning_qat keeps its
-                               int8 files in model/)
+                               int8 files in model/); converted in float32
+                               whatever the run's mixed_precision
     export/labels.txt          the class names, one a line, in class-index order
 
 metrics.json declares the SavedModel and the TFLite file in "models" (so
@@ -46,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from common import local_files, results, saved_runs
+from common import local_files, results, saved_runs, speed
 from common.errors import UserError
 from common.options import RunOptions
 
@@ -96,6 +97,33 @@ def write_saved_model(model: tf_keras.Model, image_shape: Sequence[int],
     signature of ServingModule."""
     module = ServingModule(model, image_shape)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _float32_config(config: Any) -> Any:
+    """A Keras config with every dtype policy (mixed_float16, mixed_bfloat16)
+    replaced by "float32"."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("Policy", "DTypePolicy") \
+                and isinstance(config.get("config"), dict):
+            return "float32"
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def float32_model(model: tf_keras.Model) -> tf_keras.Model:
+    """`model` itself where it computes in float32; else (a run with
+    mixed_precision) a float32 copy with the same weights, since TFLite has
+    no kernels for bfloat16 or float16 ops."""
+    config = model.get_config()
+    float32 = _float32_config(config)
+    if float32 == config:
+        return model
+    with speed.precision({"mixed_precision": "float32"}):  # the models' own policies too
+        copy = model.__class__.from_config(float32)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def class_names_of(run_config: dict, num_classes: Optional[int] = None) -> list[str]:
@@ -153,7 +181,7 @@ def export_model(run_dir: pathlib.Path, model: tf_keras.Model, class_names: Sequ
 
     try:
         write_saved_model(model, image_shape, inside(SAVED_MODEL_PATH))
-        inside(TFLITE_PATH).write_bytes(export.to_tflite(model))
+        inside(TFLITE_PATH).write_bytes(export.to_tflite(float32_model(model)))
         inside(LABELS_PATH).write_text("".join(f"{name}\n" for name in class_names))
         os.chmod(staging, 0o755)  # mkdtemp makes it private; exports are for reading
         _replace_folder(staging, run_dir / EXPORT_DIR)
