@@ -13,11 +13,14 @@ the throughput at --large_batch (images/s) of:
   tflite_int8   model/pqat_int8.tflite, where the run is a pruning_qat run
 
 The paths take turns round after round, each turn timing enough calls to
-last --seconds, so drift on a shared machine hits them alike; medians are
-reported, with ratios against Keras: latency ratio = Keras µs / path µs,
-throughput ratio = path images/s / Keras images/s (above 1: faster than
-Keras). Inputs are prepared before timing (random pixels: speed does not
-depend on them). Runs come from --runs; every experiment in --experiments
+last --seconds, so drift on a shared machine hits them alike. Reported: the
+median time of each path, and its ratio against Keras, the median over the
+rounds of (Keras time / path time) in the same round, so that load from
+elsewhere weighs on both sides of each ratio: above 1 is faster than Keras
+(for latency, Keras µs / path µs; for throughput, path images/s / Keras
+images/s).
+Inputs are prepared before timing (random pixels: speed does not depend on
+them). Runs come from --runs; every experiment in --experiments
 without one gets a tiny run (one epoch per stage) trained on fixture data
 first (cifar_vgg_transfer with --weights=none on a CIFAR-10-format fixture),
 whose export/ the runner writes.
@@ -40,8 +43,8 @@ flags.DEFINE_list("experiments", ["mnist_lenet", "cifar_vgg_transfer", "pruning_
 flags.DEFINE_list("runs", [], "Finished run folders (results/<experiment>/<run>) to measure; "
                   "an experiment in --experiments without one gets a tiny run.")
 flags.DEFINE_integer("large_batch", 256, "Batch of the throughput measurement.", lower_bound=1)
-flags.DEFINE_integer("rounds", 5, "Rounds, the paths taking turns.", lower_bound=1)
-flags.DEFINE_float("seconds", 0.5, "Time each path runs per turn (at least one call).",
+flags.DEFINE_integer("rounds", 9, "Rounds, the paths taking turns.", lower_bound=1)
+flags.DEFINE_float("seconds", 0.3, "Time each path runs per turn (at least one call).",
                    lower_bound=0)
 flags.DEFINE_integer("tflite_threads", 0, "TFLite interpreter threads; 0: one per CPU "
                      "core, as TensorFlow uses.", lower_bound=0)
@@ -166,17 +169,22 @@ def measure(run: pathlib.Path) -> dict:
     single = side_by_side(paths_of(run, 1, threads, images), FLAGS.rounds, FLAGS.seconds)
     large = side_by_side(paths_of(run, FLAGS.large_batch, threads, images), FLAGS.rounds,
                          FLAGS.seconds)
-    latency = {name: _util.median(v) * 1e6 for name, v in single.items()}
-    throughput = {name: FLAGS.large_batch / _util.median(v) for name, v in large.items()}
     return {
         "run": str(run), "image_shape": list(shape), "large_batch": FLAGS.large_batch,
         "tflite_threads": threads,
-        "latency_us_batch_1": latency,
-        "images_per_second_large_batch": throughput,
-        "latency_ratio_vs_keras": {n: latency["keras"] / v for n, v in latency.items()},
-        "throughput_ratio_vs_keras": {n: v / throughput["keras"] for n, v in throughput.items()},
+        "latency_us_batch_1": {n: _util.median(v) * 1e6 for n, v in single.items()},
+        "images_per_second_large_batch": {n: FLAGS.large_batch / _util.median(v)
+                                          for n, v in large.items()},
+        "latency_ratio_vs_keras": paired_ratios(single),
+        "throughput_ratio_vs_keras": paired_ratios(large),
         "samples_seconds_per_call": {"batch_1": single, "large_batch": large},
     }
+
+
+def paired_ratios(samples: dict[str, list[float]]) -> dict[str, float]:
+    """Per path, the median over rounds of Keras' time / its time that round."""
+    return {name: _util.median([k / v for k, v in zip(samples["keras"], values)])
+            for name, values in samples.items()}
 
 
 def _experiment_of(run: pathlib.Path) -> str:
