@@ -36,7 +36,7 @@ class RunOptions:
     max_epochs: Optional[int] = None
     hyperband_factor: int = 3
     sweep_name: Optional[str] = None
-    # Prediction (--mode=predict); see common/predict.py.
+    # Prediction (--mode=predict); see common/deploy.py.
     inputs: Optional[str] = None
     top_k: int = 1
     output: Optional[str] = None

@@ -213,6 +213,14 @@ def _finish(experiment, folder: RunFolder, runner, outcome, pipes, records,
     stopped = [r for r in records if r.get("stopped_early")]
     models = [saved_runs.declare(folder.write_dir, "model", model_path,
                                  runner.stages[-1].load_scope), *extra.pop("models", [])]
+    # export/: SavedModel for serving, float TFLite, labels.txt. A sweep's
+    # trials skip it: the best configuration is retrained from best_hparams.json.
+    if folder.is_chief and not folder.options.run_parent:
+        from common import deploy
+        served = deploy.export_after_training(folder.write_dir, models[0],
+                                              pipes.splits.class_names, pipes.splits.image_shape)
+        models += served.pop("models")
+        extra.update(served)
     metrics = {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "num_test_examples": test["examples"],

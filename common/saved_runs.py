@@ -131,21 +131,23 @@ def declared_models(path: pathlib.Path) -> list[dict]:
     return entries
 
 
-def load_keras_model(path: pathlib.Path, name: Optional[str] = None) -> tf_keras.Model:
+def load_keras_model(path: pathlib.Path, name: Optional[str] = None,
+                     compile: bool = True) -> tf_keras.Model:
     """The run's Keras model called `name` (default: its first keras/h5
-    model); UserError if it cannot be loaded."""
+    model); UserError if it cannot be loaded. compile=False: for inference
+    (no optimizer; predict_on_batch works whatever steps_per_execution)."""
     entries = [e for e in declared_models(path) if e["format"] in ("keras", "h5")
                and (name is None or e["name"] == name)]
     if not entries:
         raise UserError(f"run {path} has no Keras model" + (f" {name!r}" if name else ""))
-    return load_entry(path, entries[0])
+    return load_entry(path, entries[0], compile)
 
 
-def load_entry(path: pathlib.Path, entry: dict) -> tf_keras.Model:
+def load_entry(path: pathlib.Path, entry: dict, compile: bool = True) -> tf_keras.Model:
     model_path = pathlib.Path(path) / entry["path"]
     try:
         with _scope(entry):
-            return tf_keras.models.load_model(model_path)
+            return tf_keras.models.load_model(model_path, compile=compile)
     except Exception as e:  # a damaged file fails in many ways (zip, HDF5, Keras)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load the model {model_path} ({type(e).__name__}: "
