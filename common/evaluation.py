@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from common import strategy as strategy_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -92,10 +91,6 @@ class Evaluator:
         if count == 0:
             return {"loss": math.nan, "accuracy": math.nan, "examples": 0}
         return {"loss": loss / count, "accuracy": correct / count, "examples": count}
-
-
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-    return strategy_lib.num_workers(strategy)
 
 
 def scores_from_probabilities(probabilities: np.ndarray, labels: np.ndarray,

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras
 
 import experiments
-from common import (choices, data, evaluation, hparams, results, saved_runs, speed,
+from common import (choices, clusters, data, evaluation, hparams, results, saved_runs, slurm, speed,
                     stages as stage_lib, strategy as strategy_lib)
 from common.errors import UserError
 from common.options import HPARAM_FLAGS, RunOptions
@@ -30,7 +30,7 @@ def run(options: RunOptions) -> dict[str, Any]:
     if options.mode not in choices.MODES:
         raise UserError(f"unknown --mode={options.mode!r}; choose one of: "
                         f"{', '.join(choices.MODES)}")
-    options = strategy_lib.slurm_run_defaults(options)  # inside Slurm: slurm-<job id>
+    options = slurm.slurm_run_defaults(options)  # inside Slurm: slurm-<job id>
     if options.run_name is not None:
         results.check_name("run_name", options.run_name)
     if options.sweep_name is not None:
@@ -39,7 +39,7 @@ def run(options: RunOptions) -> dict[str, Any]:
         raise UserError(f"--mode={options.mode} needs --run_name of a finished run")
     experiment = experiments.get(options.experiment)
     config = resolve_config(experiment, options)
-    strategy_lib.check_cluster_options(options)
+    clusters.check_cluster_options(options)
     # The strategy comes before any other TensorFlow op.
     strategy_lib.configure_cpu_devices(options.num_cpu_devices)
     strategy = strategy_lib.get_strategy(options.strategy, tpu=options.tpu,
@@ -130,7 +130,7 @@ def _train(experiment, options: RunOptions, config: dict,
                        validation_fraction=config["validation_fraction"], hparams=config)
     augment = experiments.hook(experiment, "augment")
     pipes = data.pipelines(
-        splits, config["batch_size"], num_workers=strategy_lib.num_workers(strategy),
+        splits, config["batch_size"], num_workers=clusters.num_workers(strategy),
         seed=options.seed, deterministic=config["deterministic"],
         augment=functools.partial(_augment, augment, config) if augment else None)
     runner = stage_lib.StageRunner(

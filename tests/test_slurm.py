@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from common import strategy as strategy_lib
+from common import clusters, slurm as slurm_lib
 from common.errors import UserError
 from common.local_cluster import free_ports
 from common.options import RunOptions
@@ -41,7 +41,7 @@ def slurm_step_env(monkeypatch, *, procid=0, localid=None, ntasks=2, nodelist="n
                    tasks_per_node=None, node="n1", job="77", step="3"):
     """This process made to look like task `procid` of an srun step."""
     for name in list(os.environ):
-        if name.startswith("SLURM") or name in ("TF_CONFIG", strategy_lib.SLURM_PORT_BASE_ENV):
+        if name.startswith("SLURM") or name in ("TF_CONFIG", slurm_lib.SLURM_PORT_BASE_ENV):
             monkeypatch.delenv(name)
     values = {"SLURM_JOB_ID": job, "SLURM_STEP_ID": step, "SLURM_PROCID": procid,
               "SLURM_LOCALID": procid if localid is None else localid,
@@ -55,20 +55,20 @@ def slurm_step_env(monkeypatch, *, procid=0, localid=None, ntasks=2, nodelist="n
 
 def test_a_step_becomes_tf_config_with_task_0_the_chief(monkeypatch):
     slurm_step_env(monkeypatch, procid=1)
-    monkeypatch.setenv(strategy_lib.SLURM_PORT_BASE_ENV, "23000")
-    task = strategy_lib.slurm_tf_config(visible_gpus=0)  # a CPU-only node
+    monkeypatch.setenv(slurm_lib.SLURM_PORT_BASE_ENV, "23000")
+    task = slurm_lib.slurm_tf_config(visible_gpus=0)  # a CPU-only node
     assert task.config == {"cluster": {"worker": ["n1:23000", "n1:23001"]},
                            "task": {"type": "worker", "index": 1}}
     assert task.gpus == ()
-    assert strategy_lib.in_slurm_step() and strategy_lib.expected_workers() == 2
+    assert slurm_lib.in_slurm_step() and clusters.expected_workers() == 2
 
 
 def test_two_nodes_give_each_task_its_node_and_port(monkeypatch):
     # 4 tasks, 2 per node: task 2 is the first task of node b.
     slurm_step_env(monkeypatch, procid=2, localid=0, ntasks=4, nodelist="a,b",
                    tasks_per_node="2(x2)", node="b")
-    monkeypatch.setenv(strategy_lib.SLURM_PORT_BASE_ENV, "23000")
-    config = strategy_lib.slurm_tf_config().config
+    monkeypatch.setenv(slurm_lib.SLURM_PORT_BASE_ENV, "23000")
+    config = slurm_lib.slurm_tf_config().config
     assert config["cluster"]["worker"] == ["a:23000", "a:23001", "b:23000", "b:23001"]
     assert config["task"]["index"] == 2
 
@@ -78,21 +78,21 @@ def test_tasks_placed_cyclically_still_find_themselves(monkeypatch):
     for procid, node, localid, index in ((0, "a", 0, 0), (1, "b", 0, 2), (2, "a", 1, 1)):
         slurm_step_env(monkeypatch, procid=procid, localid=localid, ntasks=4,
                        nodelist="a,b", tasks_per_node="2(x2)", node=node)
-        assert strategy_lib.slurm_tf_config().config["task"]["index"] == index
+        assert slurm_lib.slurm_tf_config().config["task"]["index"] == index
 
 
 def test_tf_config_wins_over_the_slurm_step_in_the_worker_count(monkeypatch):
     slurm_step_env(monkeypatch)
     monkeypatch.setenv("TF_CONFIG", json.dumps({
         "cluster": {"worker": ["h:1", "h:2", "h:3"]}, "task": {"type": "worker", "index": 0}}))
-    assert strategy_lib.expected_workers() == 3
+    assert clusters.expected_workers() == 3
 
 
 def test_ports_follow_the_job_and_step(monkeypatch):
     slurm_step_env(monkeypatch, job="77", step="3")
-    first = strategy_lib.slurm_tf_config().config["cluster"]["worker"]
+    first = slurm_lib.slurm_tf_config().config["cluster"]["worker"]
     slurm_step_env(monkeypatch, job="77", step="4")
-    second = strategy_lib.slurm_tf_config().config["cluster"]["worker"]
+    second = slurm_lib.slurm_tf_config().config["cluster"]["worker"]
     assert first != second
     for address in first + second:
         assert 20000 <= int(address.rpartition(":")[2]) < 32768
@@ -106,7 +106,7 @@ def test_gpus_are_shared_among_a_nodes_tasks(monkeypatch, visible, on_node, loca
     slurm_step_env(monkeypatch, procid=localid)
     if on_node:
         monkeypatch.setenv("SLURM_GPUS_ON_NODE", on_node)
-    assert strategy_lib.slurm_tf_config(visible_gpus=visible).gpus == expected
+    assert slurm_lib.slurm_tf_config(visible_gpus=visible).gpus == expected
 
 
 @pytest.mark.parametrize("change, message", [
@@ -119,42 +119,42 @@ def test_gpus_are_shared_among_a_nodes_tasks(monkeypatch, visible, on_node, loca
 def test_a_step_that_cannot_be_a_cluster_is_one_line(monkeypatch, change, message):
     slurm_step_env(monkeypatch, **change)
     with pytest.raises(UserError, match=message) as error:
-        strategy_lib.slurm_tf_config()
+        slurm_lib.slurm_tf_config()
     assert "\n" not in str(error.value)
 
 
 def test_two_tasks_sharing_one_gpu_is_one_line(monkeypatch):
     slurm_step_env(monkeypatch)
     with pytest.raises(UserError, match=r"2 tasks on node n1 share 1 GPU\(s\)"):
-        strategy_lib.slurm_tf_config(visible_gpus=1)
+        slurm_lib.slurm_tf_config(visible_gpus=1)
 
 
 def test_ntasks_disagreeing_with_the_step_is_one_line(monkeypatch):
     slurm_step_env(monkeypatch)
     monkeypatch.setenv("SLURM_NTASKS", "3")
     with pytest.raises(UserError, match="SLURM_NTASKS=3 but SLURM_STEP_NUM_TASKS=2"):
-        strategy_lib.slurm_tf_config()
+        slurm_lib.slurm_tf_config()
 
 
 def test_a_bad_port_base_is_one_line(monkeypatch):
     slurm_step_env(monkeypatch)
-    monkeypatch.setenv(strategy_lib.SLURM_PORT_BASE_ENV, "http")
+    monkeypatch.setenv(slurm_lib.SLURM_PORT_BASE_ENV, "http")
     with pytest.raises(UserError, match="TF_SLURM_PORT_BASE='http' is not a port number"):
-        strategy_lib.slurm_tf_config()
+        slurm_lib.slurm_tf_config()
 
 
 def test_runs_and_sweeps_are_named_after_the_job(monkeypatch):
     slurm_step_env(monkeypatch, job="4242")
     options = RunOptions(experiment="mnist_lenet", strategy="multi_worker_mirrored")
-    assert strategy_lib.slurm_run_defaults(options).run_name == "slurm-4242"
+    assert slurm_lib.slurm_run_defaults(options).run_name == "slurm-4242"
     named = dataclasses.replace(options, run_name="mine")
-    assert strategy_lib.slurm_run_defaults(named).run_name == "mine"
+    assert slurm_lib.slurm_run_defaults(named).run_name == "mine"
     tune = dataclasses.replace(options, mode="tune")
-    assert strategy_lib.slurm_run_defaults(tune).sweep_name == "slurm-4242"
+    assert slurm_lib.slurm_run_defaults(tune).sweep_name == "slurm-4242"
     # In a batch script (a job, no step) one process still gets the job's name.
     monkeypatch.delenv("SLURM_STEP_ID")
     single = RunOptions(experiment="mnist_lenet")
-    assert strategy_lib.slurm_run_defaults(single).run_name == "slurm-4242"
+    assert slurm_lib.slurm_run_defaults(single).run_name == "slurm-4242"
 
 
 def test_multi_worker_in_a_job_but_not_in_a_step_is_one_line(monkeypatch):
@@ -162,7 +162,7 @@ def test_multi_worker_in_a_job_but_not_in_a_step_is_one_line(monkeypatch):
     monkeypatch.delenv("SLURM_STEP_ID")  # a batch script or an salloc shell
     with pytest.raises(UserError, match=r"inside Slurm job 77 but not in a job step: "
                                         r"start the workers with srun"):
-        strategy_lib.slurm_run_defaults(RunOptions(experiment="mnist_lenet",
+        slurm_lib.slurm_run_defaults(RunOptions(experiment="mnist_lenet",
                                                    strategy="multi_worker_mirrored"))
 
 
@@ -171,14 +171,14 @@ def test_outside_slurm_nothing_is_named(monkeypatch):
         if name.startswith("SLURM"):
             monkeypatch.delenv(name)
     options = RunOptions(experiment="mnist_lenet", strategy="multi_worker_mirrored")
-    assert strategy_lib.slurm_run_defaults(options) == options
-    assert not strategy_lib.in_slurm_step()
+    assert slurm_lib.slurm_run_defaults(options) == options
+    assert not slurm_lib.in_slurm_step()
 
 
 def test_several_tasks_of_a_one_process_strategy_is_one_line(monkeypatch):
     slurm_step_env(monkeypatch)
     with pytest.raises(UserError, match="--strategy=mirrored trains in one process"):
-        strategy_lib.slurm_run_defaults(RunOptions(experiment="mnist_lenet",
+        slurm_lib.slurm_run_defaults(RunOptions(experiment="mnist_lenet",
                                                    strategy="mirrored"))
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import tensorflow as tf
 
-from common import strategy as strategy_lib
+from common import clusters, strategy as strategy_lib
 from common.errors import UserError
 from tests.conftest import NUM_TEST_CPU_DEVICES
 
@@ -77,7 +77,7 @@ WORKERS = {"worker": ["127.0.0.1:1111", "127.0.0.1:1112"]}
 ])
 def test_tf_config_mistakes_are_one_line(tf_config, needle):
     with pytest.raises(UserError) as raised:
-        strategy_lib.parse_tf_config(tf_config)
+        clusters.parse_tf_config(tf_config)
     assert needle in str(raised.value) and "\n" not in str(raised.value)
 
 
@@ -87,7 +87,7 @@ def test_tf_config_mistakes_are_one_line(tf_config, needle):
     (WORKERS, {"type": "worker", "index": 1}),
 ])
 def test_valid_tf_configs_are_accepted(cluster, task):
-    config = strategy_lib.parse_tf_config(json.dumps({"cluster": cluster, "task": task}))
+    config = clusters.parse_tf_config(json.dumps({"cluster": cluster, "task": task}))
     assert config["task"] == task
 
 

@@ -1,0 +1,184 @@
+"""Clusters of workers for MultiWorkerMirroredStrategy: TF_CONFIG checked,
+peers waited for with a timeout, SIGTERM honoured; the cluster from TF_CONFIG
+or, inside a Slurm job step without it, from Slurm (common/slurm.py).
+"""
+
+import json
+import os
+import signal
+import socket
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from common import slurm
+from common.errors import UserError
+
+CLUSTER_JOBS = ("chief", "worker")
+
+
+def parse_tf_config(raw: str) -> dict:
+    """TF_CONFIG, checked: a cluster of "host:port" lists (chief, worker),
+    and this process's task in it. Raises UserError naming what is wrong."""
+    form = ('{"cluster": {"worker": ["host:port", ...]}, '
+            '"task": {"type": "worker", "index": 0}}')
+    try:
+        config = json.loads(raw)
+    except ValueError as e:
+        raise UserError(f"TF_CONFIG is not JSON ({e}); expected {form}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) \
+            or not config["cluster"]:
+        raise UserError(f"TF_CONFIG has no cluster; expected {form}")
+    cluster = config["cluster"]
+    for job, addresses in cluster.items():
+        if job not in CLUSTER_JOBS:
+            raise UserError(f"TF_CONFIG's cluster has a {job!r} job; "
+                            f"MultiWorkerMirroredStrategy takes {' and '.join(CLUSTER_JOBS)}")
+        if not isinstance(addresses, list) or not all(
+                isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses):
+            raise UserError(f"TF_CONFIG's cluster.{job} must be a list of \"host:port\" "
+                            f"strings, got {addresses!r}")
+    if len(cluster.get("chief", [])) > 1:
+        raise UserError("TF_CONFIG's cluster names more than one chief")
+    task = config.get("task")
+    if not isinstance(task, dict):
+        raise UserError(f"TF_CONFIG has no task for this process; expected {form}")
+    kind, index = task.get("type"), task.get("index", 0)
+    if kind == "evaluator":
+        raise UserError("TF_CONFIG's task is an evaluator, which this project does not run "
+                        "(every worker evaluates); give this process a worker task")
+    if kind not in cluster:
+        raise UserError(f"TF_CONFIG's task type {kind!r} is not a job of its cluster "
+                        f"({', '.join(cluster)})")
+    if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise UserError(f"TF_CONFIG's task index {index!r} is outside cluster.{kind}, which "
+                        f"has {len(cluster[kind])} address(es) (index 0 to "
+                        f"{len(cluster[kind]) - 1})")
+    return config
+
+
+def multi_worker_strategy(cluster_timeout: float) -> tf.distribute.Strategy:
+    config, source = None, "TF_CONFIG"
+    raw = os.environ.get("TF_CONFIG")
+    if raw:  # TF_CONFIG wins, inside Slurm too (a user who wrote it meant it)
+        config = parse_tf_config(raw)
+    elif slurm.in_slurm_step():
+        config, source = slurm.slurm_cluster(), "Slurm"
+        # From here on the Slurm step is this process's TF_CONFIG: what
+        # follows (TensorFlow's resolver, is_chief, num_workers) is the
+        # TF_CONFIG path, the one tested with local workers.
+        os.environ["TF_CONFIG"] = json.dumps(config)
+    else:
+        slurm.check_slurm_step()
+    if config:
+        # TensorFlow's constructor waits for every peer, silently and deaf to
+        # SIGTERM: wait here first, where a timeout can say who is missing.
+        _wait_for_peers(config, cluster_timeout, source)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # TensorFlow catches SIGTERM for its preemption handling; schedulers
+    # send it to stop a job, so restore the default: stop at once (the same
+    # command resumes from the last epoch's backup).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return strategy
+
+
+def _wait_for_peers(config: dict, timeout: float, source: str = "TF_CONFIG") -> None:
+    """Waits until every other task of the cluster accepts connections, or
+    raises UserError naming those that did not within `timeout` seconds.
+    Meanwhile this task's own port accepts connections (a listening socket,
+    closed before TensorFlow takes the port), so the peers see it too.
+    `source` names where the addresses came from (TF_CONFIG or Slurm)."""
+    kind, index = config["task"]["type"], config["task"].get("index", 0)
+    own = config["cluster"][kind][index]
+    peers = [address for job, addresses in config["cluster"].items()
+             for i, address in enumerate(addresses) if (job, i) != (kind, index)]
+    if not peers:
+        return
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", int(own.rpartition(":")[2])))
+        listener.listen(16)
+    except OSError as e:
+        listener.close()
+        hint = (f"; set {slurm.SLURM_PORT_BASE_ENV} to move the step's ports"
+                if source == "Slurm" else "")
+        raise UserError(f"this worker cannot listen on {own} (its {source} address): "
+                        f"{e.strerror}{hint}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        waiting, told = list(peers), False
+        while True:
+            waiting = [a for a in waiting if not _reachable(a)]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                hint = ("check that every task of the step started and that the nodes "
+                        f"reach each other on these ports ({slurm.SLURM_PORT_BASE_ENV} moves them)"
+                        if source == "Slurm" else "start every worker of the cluster (or "
+                        "check the addresses in TF_CONFIG)")
+                raise UserError(f"workers at {', '.join(waiting)} did not answer within "
+                                f"--cluster_timeout={timeout:g} s; {hint}")
+            if not told:
+                logging.info("Waiting for workers at %s (up to %g s)", ", ".join(waiting),
+                             timeout)
+                told = True
+            time.sleep(0.5)
+    finally:
+        listener.close()
+
+
+def _reachable(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def tf_config_workers() -> int:
+    """How many chief and worker tasks TF_CONFIG describes (1 without it);
+    UserError for a TF_CONFIG that is set but wrong."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 1
+    cluster = parse_tf_config(raw)["cluster"]
+    return max(1, sum(len(cluster.get(job, [])) for job in CLUSTER_JOBS))
+
+
+def expected_workers() -> int:
+    """How many workers --strategy=multi_worker_mirrored joins: TF_CONFIG's
+    chief and worker tasks where it is set, else the tasks of the Slurm job
+    step this process is in, else 1. UserError for a TF_CONFIG that is set
+    but wrong."""
+    if os.environ.get("TF_CONFIG"):
+        return tf_config_workers()
+    if slurm.in_slurm_step():
+        return max(1, slurm.slurm_int("SLURM_STEP_NUM_TASKS"))
+    return 1
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Worker processes taking part in `strategy` (1 outside a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(job, [])) for job in CLUSTER_JOBS))
+
+
+def check_cluster_options(options) -> None:
+    """Before any work: several workers need a shared --run_name (or
+    --sweep_name), and TF_CONFIG must be right. Inside Slurm,
+    `slurm_run_defaults` has named them already."""
+    if options.strategy != "multi_worker_mirrored" or expected_workers() <= 1:
+        return
+    if options.mode == "train" and not options.run_name:
+        raise UserError("--strategy=multi_worker_mirrored with several workers needs "
+                        "--run_name, the same on every worker (python -m "
+                        "common.local_cluster picks one)")
+    if options.mode == "tune" and not options.sweep_name:
+        raise UserError("a sweep across several workers needs --sweep_name, the same "
+                        "on every worker")
