@@ -4,7 +4,8 @@
 hyperparameters, data, the model), creates the strategy first (TensorFlow
 requires it), then hands over to the mode: `train_run` here (one run of the
 experiment's stages), `saved_runs.evaluate_run` (--mode=eval),
-`tuning.sweep` (--mode=tune), `deploy.export_run` and `deploy.predict_run`.
+`tuning.sweep` (--mode=tune), `deploy.export_run` (--mode=export) and
+`predict.predict_run` (--mode=predict).
 """
 
 import dataclasses
@@ -49,10 +50,12 @@ def run(options: RunOptions) -> dict[str, Any]:
     strategy_lib.check_global_batch(config["batch_size"], strategy)
     if options.mode == "eval":
         return saved_runs.evaluate_run(options, config, strategy)
-    if options.mode in ("export", "predict"):
+    if options.mode == "export":
         from common import deploy
-        return (deploy.export_run if options.mode == "export" else deploy.predict_run)(
-            options, config)
+        return deploy.export_run(options, config)
+    if options.mode == "predict":
+        from common import predict
+        return predict.predict_run(options, config)
     if options.mode == "tune":
         from common import tuning
         return tuning.sweep(experiment, options, config, strategy)

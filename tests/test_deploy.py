@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import data, deploy, evaluation, export, local_files, runner, saved_runs
+from common import data, deploy, evaluation, export, images as image_io, local_files, models, runner, saved_runs
 from common.errors import UserError
 from common.options import RunOptions
 from tests.fixtures import (IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_cifar10_batches,
@@ -266,7 +266,7 @@ def test_a_mixed_precision_model_exports_with_a_float32_tflite_file(tmp_path):
         outcome = deploy.export_model(tmp_path, model, [str(i) for i in range(10)], (28, 28, 1))
     assert [item["format"] for item in outcome["exported"]] == ["saved_model", "tflite",
                                                                 "labels"]
-    copy = deploy.float32_model(model)
+    copy = models.as_float32(model)
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
     assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in model.layers}
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
@@ -318,7 +318,7 @@ def test_predict_png_and_jpeg_files_as_the_keras_model_does(lenet_run, tmp_path,
         else:
             encoded = tf.io.encode_jpeg(image[..., None], quality=95).numpy()
             (folder / f"{i:02d}-{label}.jpg").write_bytes(encoded)
-            jpeg_pixels[i] = tf.io.decode_jpeg(encoded).numpy()
+            jpeg_pixels[i] = image_io.decode(encoded)[0]  # as --mode=predict decodes it
     (folder / "README.txt").write_text("not an image extension: ignored in a folder\n")
     output = tmp_path / "out.csv"
     payload = predict(lenet_run, folder, top_k=3, output=str(output), batch_size=5)
@@ -373,9 +373,12 @@ def test_predict_marks_bad_files_skipped_and_converts_the_others(lenet_run, tmp_
     assert "RGB to grey" in rows["d-rgb.png"]["note"]
     assert rows["e-big.png"]["note"] == "resized 56x56 to 28x28"
     assert "alpha flattened" in rows["h-rgba.png"]["note"]
-    # Converted files predict as their 28x28 grey originals do (area
-    # averaging undoes the 2x2 enlargement exactly; R=G=B gives the grey back).
-    expected = keras_probabilities(lenet_run, images[..., None])
+    # Converted files predict as their 28x28 grey originals do (R=G=B gives
+    # the grey back); the enlarged one as the Keras model does on its resize
+    # by common/images.py, the conversion image folders get for training too.
+    shrunk = image_io.convert(big[..., None], 1, (28, 28))[0]
+    originals = np.concatenate([images[:2, ..., None], shrunk[None], images[3:, ..., None]])
+    expected = keras_probabilities(lenet_run, originals)
     for name, index in (("a-good.png", 0), ("d-rgb.png", 1), ("e-big.png", 2),
                         ("f-rgb.bmp", 3), ("g-palette.gif", 4), ("h-rgba.png", 5)):
         assert rows[name]["top"][0][1] == pytest.approx(float(expected[index].max()),

@@ -1,0 +1,135 @@
+"""Image files as arrays: PNG, JPEG, BMP and GIF decoded with Pillow and
+converted the one way this project converts images, for training
+(common/image_folder.py) and for prediction (common/predict.py) alike.
+
+Decoding: the format is read from the file's first bytes (not its name); a
+GIF's first frame; a JPEG turned upright by its EXIF orientation; palettes
+expanded, 16-bit grey scaled to 8 bits, CMYK and other colour spaces to RGB.
+Converting: an alpha channel composited over black (premultiplied), RGB to
+grey by ITU-R 601 luma (tf.image.rgb_to_grayscale's weights), grey to RGB
+by copying, then a resize by Pillow's bilinear filter (antialiased when
+shrinking; the aspect ratio is not kept).
+"""
+
+import io
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}
+_EXIF_ORIENTATION = 0x0112
+_GREY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)  # tf.image.rgb_to_grayscale's
+
+
+class Unusable(Exception):
+    """A file that cannot be used as an image; the message says why."""
+
+
+def sniff_format(payload: bytes) -> Optional[str]:
+    """The image format its first bytes say (PNG, JPEG, BMP, GIF), or None."""
+    if payload.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if payload.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if payload.startswith(b"BM"):
+        return "BMP"
+    if payload.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    return None
+
+
+def _pixels(image: Image.Image) -> tuple[np.ndarray, str]:
+    """A decoded Pillow image as (uint8 [H, W, 1..4], its mode in words):
+    palettes expanded (to RGBA where they have a transparent colour), 16-bit
+    grey scaled to 8 bits, CMYK and other colour spaces to RGB."""
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        pixels = np.asarray(image)
+        name = {"L": "grey", "LA": "grey+alpha"}.get(mode, mode)
+    elif mode in ("P", "PA"):
+        alpha = mode == "PA" or "transparency" in image.info
+        pixels = np.asarray(image.convert("RGBA" if alpha else "RGB"))
+        if not alpha and (pixels == pixels[..., :1]).all():
+            pixels = pixels[..., :1]  # a grey palette: a grey image, exactly
+        name = "palette"
+    elif mode.startswith("I;16") or mode in ("I", "F"):
+        wide = np.asarray(image).astype(np.float64)
+        scale = 257.0 if mode.startswith("I;16") or wide.max(initial=0) > 255 else 1.0
+        pixels = np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
+        name = "grey 16-bit" if scale > 1 else "grey"
+    elif mode == "1":
+        pixels, name = np.asarray(image.convert("L")), "bilevel"
+    else:  # CMYK, YCbCr, LAB, premultiplied alpha, ...
+        pixels, name = np.asarray(image.convert("RGBA" if "A" in mode else "RGB")), mode
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return pixels, name
+
+
+def decode(payload: bytes) -> tuple[np.ndarray, dict]:
+    """Image file bytes -> (uint8 [H, W, 1..4] as stored, facts: "format",
+    "mode" (in words), "exif_rotated"). Raises Unusable for an empty file,
+    one that is no PNG, JPEG, BMP or GIF, or a truncated or corrupt one."""
+    if not payload:
+        raise Unusable("empty file")
+    fmt = sniff_format(payload)
+    if fmt is None:
+        raise Unusable("not an image (no PNG, JPEG, BMP or GIF signature)")
+    try:
+        with Image.open(io.BytesIO(payload), formats=[fmt]) as opened:
+            opened.load()  # the first frame of an animation
+            turned = fmt == "JPEG" and opened.getexif().get(_EXIF_ORIENTATION, 1) != 1
+            image, mode = _pixels(ImageOps.exif_transpose(opened) if turned else opened)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        why = str(e).split(" <")[0] or type(e).__name__  # no object reprs
+        raise Unusable(f"truncated or corrupt {fmt} ({why})") from None
+    if 0 in image.shape:
+        raise Unusable(f"{fmt} decodes to an empty image")
+    return image, {"format": fmt, "mode": mode, "exif_rotated": turned}
+
+
+Size = Union[int, tuple[int, int]]
+
+
+def _height_width(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize(image: np.ndarray, size: Size) -> np.ndarray:
+    """uint8 [H, W, C] -> uint8 [h, w, C] (size: h = w, or (h, w)), by
+    Pillow's bilinear filter, which widens its support when shrinking
+    (antialiased)."""
+    height, width = _height_width(size)
+    if image.shape[-1] == 1:
+        return np.asarray(Image.fromarray(image[..., 0]).resize(
+            (width, height), Image.Resampling.BILINEAR))[..., None]
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def convert(image: np.ndarray, channels: int, size: Size) -> tuple[np.ndarray, dict]:
+    """Converts one decoded image (uint8 [H, W, 1..4]) to `channels` (1 or 3;
+    0: 1 for grey and grey+alpha, else 3) and `size` (h = w, or (h, w); 0:
+    as is).
+
+    Returns (uint8 [H', W', C'], what changed: {"alpha_flattened",
+    "channels", "resized"} as booleans). Alpha is composited over black.
+    """
+    changed = {"alpha_flattened": False, "channels": False, "resized": False}
+    if image.shape[-1] in (2, 4):
+        alpha = image[..., -1:].astype(np.float32) / 255.0
+        image = np.rint(image[..., :-1] * alpha).astype(np.uint8)
+        changed["alpha_flattened"] = True
+    target = channels or (1 if image.shape[-1] == 1 else 3)
+    if target == 1 and image.shape[-1] == 3:
+        image = np.rint(image.astype(np.float32) @ _GREY_WEIGHTS)[..., None]
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        changed["channels"] = True
+    elif target == 3 and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+        changed["channels"] = True
+    if size and image.shape[:2] != _height_width(size):
+        image = resize(image, size)
+        changed["resized"] = True
+    return image, changed
