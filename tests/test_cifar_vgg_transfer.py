@@ -149,8 +149,9 @@ def test_input_size_upsamples_into_the_base():
 
 
 def vgg_model_config():
+    from common import hparams
     from experiments.cifar_vgg_transfer.config import get_config
-    return get_config()
+    return hparams.defaults(get_config())
 
 
 def test_imagenet_without_network_is_one_line(tmp_path, monkeypatch):

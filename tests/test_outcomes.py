@@ -217,9 +217,16 @@ def test_a_vgg16_transfer_run_compresses_end_to_end(tmp_path):
         hparams=("pruning_epochs=1", "qat_epochs=1", "final_sparsity=0.5",
                  "latency_invocations=2", "latency_rounds=1"), **common))
     rows = {row["name"]: row for row in metrics["models_measured"]}
-    # The whole model is pruned (the VGG16 base holds 14.7M of its weights).
+    # The whole model is pruned, layer by layer (the VGG16 base holds 14.7M
+    # of its weights), and int8 keeps the zeros (rounding adds more).
+    pruned = tf_keras.models.load_model(tmp_path / "r/pruning_qat/vgg-int8/model/pruned.keras")
+    sparsity = {layer.name: float((layer.get_weights()[0] == 0).mean())
+                for layer in pruned.layers if isinstance(layer, compression.PRUNED_LAYERS)
+                and layer.name != "vgg16_preprocess"}
+    assert len(sparsity) == 13 + 2  # VGG16's convolutions, the head's two dense layers
+    assert all(value == pytest.approx(0.5, abs=0.01) for value in sparsity.values()), sparsity
     assert rows["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
-    assert rows["int8_tflite"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert rows["int8_tflite"]["sparsity"] >= 0.49
     assert rows["int8_tflite"]["num_test_examples"] == 24
     assert rows["int8_tflite"]["size_ratio_vs_float"] > 3.5
 

@@ -52,6 +52,9 @@ def get_config() -> dict:
         "pruning_end_step": HParam(-1, ge=-1, help="-1: 70% into the pruning stage"),
         "pruning_frequency": HParam(50, ge=1, help="steps between pruning updates "
                                     "(lowered to fit a short stage, with a log line)"),
+        "pruning_min_weights": HParam(100, ge=0, help="conv and dense layers with fewer "
+                                      "kernel weights are not pruned (fixed transforms "
+                                      "such as VGG16's colour-channel swap)"),
         "qat_epochs": HParam(2, ge=0),
         "qat_learning_rate": HParam(1e-4, gt=0),
         "latency_invocations": HParam(500, ge=1, help="per round, per model"),

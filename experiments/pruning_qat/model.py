@@ -138,12 +138,24 @@ def pruning_schedule(config: dict, steps: int, describe: str = "") -> tuple[obje
     return schedule, note
 
 
-def prune(model: tf_keras.Model, schedule) -> tf_keras.Model:
-    """Wraps the conv and dense layers in prune_low_magnitude (the TFMOT
-    guide's per-layer route: preprocessing layers such as Rescaling are not
-    prunable, so the whole-model call would reject LeNet-5)."""
+def prunable(layer, min_weights: int) -> bool:
+    """Whether `layer` is pruned: a conv or dense layer whose kernel holds
+    at least `min_weights` weights (smaller ones are fixed transforms, such
+    as a colour-channel swap, or too small to matter)."""
+    return isinstance(layer, PRUNED_LAYERS) and layer.weights \
+        and layer.weights[0].shape.num_elements() >= min_weights
+
+
+def prune(model: tf_keras.Model, schedule, min_weights: int = 0) -> tf_keras.Model:
+    """Wraps the prunable conv and dense layers in prune_low_magnitude (the
+    TFMOT guide's per-layer route: preprocessing layers such as Rescaling are
+    not prunable, so the whole-model call would reject LeNet-5). Every
+    pruned layer is trained, a frozen transfer base's too: compression
+    fine-tunes the whole model, and TFMOT's prune-preserving QAT keeps the
+    zeros of trainable kernels only."""
     def wrap(layer):
-        if isinstance(layer, PRUNED_LAYERS):
+        if prunable(layer, min_weights):
+            layer.trainable = True
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
     return tf_keras.models.clone_model(flatten(model), clone_function=wrap)
@@ -166,10 +178,17 @@ def quantize_preserving_sparsity(stripped: tf_keras.Model) -> tf_keras.Model:
         config = None if registry.supports(layer) else OutputQuantizeConfig()
         return tfmot.quantization.keras.quantize_annotate_layer(layer, config)
 
-    annotated = tf_keras.models.clone_model(flatten(stripped), clone_function=annotate)
+    flat = flatten(stripped)
+    # quantize_apply rebuilds the model from its layers' weights in model
+    # order, which puts frozen layers' weights last; and the prune-preserving
+    # quantizer masks trainable kernels only. Both want every layer trainable.
+    for layer in flat.layers:
+        layer.trainable = True
+    annotated = tf_keras.models.clone_model(flat, clone_function=annotate)
     with quantize_scope():
-        return tfmot.quantization.keras.quantize_apply(
+        quantized = tfmot.quantization.keras.quantize_apply(
             annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+    return quantized
 
 
 def quantize_scope():

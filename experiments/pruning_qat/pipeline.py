@@ -34,7 +34,8 @@ def check_pruning(context: StageContext) -> None:
 
 
 def prune(model, context: StageContext):
-    return compression.prune(model, _schedule(context)[0])
+    return compression.prune(model, _schedule(context)[0],
+                             context.config["pruning_min_weights"])
 
 
 def strip(model, context: StageContext):
