@@ -19,7 +19,7 @@ import tf_keras
 
 import experiments
 from common import (choices, clusters, data, evaluation, hparams, results, saved_runs, slurm, speed,
-                    stages as stage_lib, strategy as strategy_lib)
+                    stage_runner, stages as stage_lib, strategy as strategy_lib)
 from common.errors import UserError
 from common.options import HPARAM_FLAGS, RunOptions
 from common.run_folder import RunFolder, write_test_scalars
@@ -136,16 +136,15 @@ def _train(experiment, options: RunOptions, config: dict,
         splits, config["batch_size"], num_workers=clusters.num_workers(strategy),
         seed=options.seed, deterministic=config["deterministic"],
         augment=functools.partial(_augment, augment, config) if augment else None)
-    runner = stage_lib.StageRunner(
-        stages=stages, config=config, strategy=strategy, run_dir=pathlib.Path("."),
-        write_dir=pathlib.Path("."), steps_per_epoch=pipes.steps_per_epoch,
+    stage_run = stage_runner.StageRunner(
+        stages=stages, config=config, strategy=strategy, steps_per_epoch=pipes.steps_per_epoch,
         global_batch=config["batch_size"], start_epoch=options.initial_epoch,
         fit=functools.partial(_fit, pipes.train, options.verbose),
         validator=lambda model, s: functools.partial(evaluation.Evaluator(model, s),
                                                      pipes.validation))
     for index, stage in enumerate(stages):
         if stage.check:
-            stage.check(runner.context(index))
+            stage.check(stage_run.context(index))
     build = functools.partial(_build_model, experiment, config, splits, options)
     # Built before the run folder exists, so that a model that cannot be
     # built (weights missing, no network) leaves no folder behind.
@@ -160,13 +159,12 @@ def _train(experiment, options: RunOptions, config: dict,
     try:
         if splits.report and folder.is_chief:  # image_folder's cleaning pass
             results.write_json_atomic(folder.run_dir / "data_report.json", splits.report)
-        runner.run_dir, runner.write_dir = folder.run_dir, folder.write_dir
-        outcome = runner.run(lambda: first.pop() if first else build())
+        stage_run.attach(folder.run_dir, folder.write_dir)
+        outcome = stage_run.run(lambda: first.pop() if first else build())
         records = [r.as_dict() for r in outcome.records]
         if outcome.diverged:
             folder.fail(f"training diverged: {outcome.diverged}", {"stages_trained": records})
-        return _finish(experiment, folder, runner, outcome, pipes, records,
-                       lambda: build())
+        return _finish(experiment, folder, stage_run, outcome, pipes, records, build)
     finally:
         folder.release()
 
@@ -189,7 +187,7 @@ def _fit(train_ds, verbose: int, model, context: stage_lib.StageContext, callbac
               callbacks=callbacks, verbose=verbose)
 
 
-def _finish(experiment, folder: RunFolder, runner, outcome, pipes, records,
+def _finish(experiment, folder: RunFolder, stage_run, outcome, pipes, records,
             build) -> dict[str, Any]:
     """Scores the final model on the test split, saves it, runs the
     experiment's finishing step, writes metrics.json."""
@@ -197,7 +195,7 @@ def _finish(experiment, folder: RunFolder, runner, outcome, pipes, records,
     test = evaluation.Evaluator(model, outcome.strategy)(pipes.test)
     checksum = strategy_lib.weights_checksum(model)
     logging.info("Final weights checksum: %s", checksum)
-    model_path = saved_runs.save_final_model(model, folder.write_dir, runner.stages[-1].keep)
+    model_path = saved_runs.save_final_model(model, folder.write_dir, stage_run.stages[-1].keep)
     history = results.read_history(folder.write_dir)
     by_epoch = {row["epoch"]: row for row in history}
     for record in records:
@@ -210,12 +208,12 @@ def _finish(experiment, folder: RunFolder, runner, outcome, pipes, records,
         extra = finish(stage_lib.FinishContext(
             config=folder.config, strategy=outcome.strategy, write_dir=folder.write_dir,
             test_split=pipes.splits.test, test_dataset=pipes.test, model=model,
-            stage_models=stage_lib.stage_models(runner, outcome, build)))
+            stage_models=stage_runner.stage_models(stage_run, outcome, build)))
     test = {**test, **extra.pop("test", {})}
     write_test_scalars(folder.write_dir, len(history), test)
     stopped = [r for r in records if r.get("stopped_early")]
     models = [saved_runs.declare(folder.write_dir, "model", model_path,
-                                 runner.stages[-1].load_scope), *extra.pop("models", [])]
+                                 stage_run.stages[-1].load_scope), *extra.pop("models", [])]
     # export/: SavedModel for serving, float TFLite, labels.txt. A sweep's
     # trials skip it: the best configuration is retrained from best_hparams.json.
     if folder.is_chief and not folder.options.run_parent:

@@ -86,3 +86,15 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     rows = history_epochs(run_dir)
     assert rows == list(range(epochs))  # each epoch exactly once
     assert (run_dir / "metrics.json").exists()
+    # TensorBoard has every epoch history.csv has, the one before the kill too.
+    for folder in ("train", "validation"):
+        assert _tensorboard_steps(run_dir / "logs" / folder, "epoch_loss") == set(rows)
+
+
+def _tensorboard_steps(folder, tag):
+    import tensorflow as tf
+    steps = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps.update(event.step for value in event.summary.value if value.tag == tag)
+    return steps

@@ -235,3 +235,17 @@ def test_strict_json_everywhere(tmp_path):
     from common import results
     results.write_json_atomic(tmp_path / "x.json", {"a": math.nan, "b": [math.inf, 1.0]})
     assert _strict(tmp_path / "x.json") == {"a": None, "b": [None, 1.0]}
+
+
+def test_deterministic_runs_repeat_exactly(tmp_path, idx_dir):
+    figures = []
+    for name in ("a", "b"):
+        result = _launch("--experiment=mnist_lenet", f"--data_dir={idx_dir}", "--epochs=2",
+                         "--batch_size=32", "--deterministic", "--seed=3", "--verbose=0",
+                         f"--results_dir={tmp_path}", f"--run_name={name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics = _strict(tmp_path / "mnist_lenet" / name / "metrics.json")
+        figures.append((metrics["test_accuracy"], metrics["test_loss"],
+                        [(r["loss"], r["val_loss"]) for r in metrics["history"]],
+                        metrics["weights_checksum"]))
+    assert figures[0] == figures[1]

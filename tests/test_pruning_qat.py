@@ -155,3 +155,38 @@ def test_init_from_a_finished_run_skips_baseline_training(tmp_path, idx_dir):
 def test_bad_settings_are_one_line(tmp_path, idx_dir, overrides, needle):
     with pytest.raises(UserError, match=needle):
         runner.run(_options(tmp_path, data_dir=str(idx_dir), **overrides))
+
+
+@pytest.mark.slow
+def test_killed_in_the_pruning_stage_resumes_there(tmp_path, idx_dir):
+    import pathlib
+    import subprocess
+    import sys
+    from tests.fixtures import history_epochs, kill_when
+    root = pathlib.Path(__file__).resolve().parent.parent
+    args = [sys.executable, str(root / "launch.py"), "--experiment=pruning_qat",
+            f"--data_dir={idx_dir}", f"--results_dir={tmp_path}", "--run_name=k",
+            "--batch_size=16", "--verbose=2",
+            "--hparams=baseline_epochs=1,pruning_epochs=6,qat_epochs=1,pruning_frequency=2,"
+            "latency_invocations=5,latency_rounds=1"]
+    run_dir = tmp_path / "pruning_qat" / "k"
+    process = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    kill_when(process, lambda: 1 in history_epochs(run_dir))  # in the pruning stage
+    done_before = history_epochs(run_dir)
+    assert 1 in done_before and len(done_before) < 7
+    assert (run_dir / "stages" / "baseline" / "done.json").exists()
+    assert not (run_dir / "stages" / "pruned").exists()
+
+    resumed = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert "Stage baseline already finished" in output  # not trained again
+    assert "Stage pruned" in output and "Epoch 1/" not in output
+    first_epoch = int(output.split("Epoch ")[1].split("/")[0])
+    assert first_epoch == len(done_before) + 1
+    assert history_epochs(run_dir) == list(range(8))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = {row["name"]: row for row in metrics["models_measured"]}
+    assert rows["pruned"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert rows["int8_tflite"]["sparsity"] >= 0.79
