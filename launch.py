@@ -10,6 +10,7 @@ turns flags into RunOptions and whatever goes wrong into one line on stderr
 """
 
 import dataclasses
+import logging as std_logging
 import os
 import signal
 import sys
@@ -107,7 +108,7 @@ def main(argv):
     if len(argv) > 1:
         print(f"launch.py: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 1
-    logging.set_verbosity(logging.INFO)
+    _quiet_logs()
     options = options_from_flags()
     try:
         with common.quiet_native_startup():
@@ -133,6 +134,33 @@ def main(argv):
               f"(traceback in {log}; please report it)", file=sys.stderr)
         return 2
     return 0
+
+
+class _OwnInfo(std_logging.Filter):
+    """Passes the project's INFO lines and everyone's warnings: TensorFlow's
+    and Keras' own INFO lines (checkpoint sharding times, ...) are noise."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or not any(
+            part in record.pathname for part in ("/tensorflow/", "/tf_keras/", "/keras/",
+                                                 "/tensorflow_datasets/", "/keras_tuner/"))
+
+
+class _Format(std_logging.Formatter):
+    def format(self, record):
+        text = super().format(record)
+        if record.levelno >= std_logging.WARNING:
+            stamp, _, message = text.partition(" ")
+            text = f"{stamp} {record.levelname.lower()}: {message}"
+        return text
+
+
+def _quiet_logs() -> None:
+    """The project's log lines as "12:00:01 message", TensorFlow's INFO lines off."""
+    logging.set_verbosity(logging.INFO)
+    handler = logging.get_absl_handler()
+    handler.setFormatter(_Format("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_OwnInfo())
 
 
 _SYSTEM_REASONS = ("No space left on device", "Read-only file system", "Permission denied",
