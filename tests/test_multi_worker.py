@@ -31,8 +31,19 @@ def idx_dir(tmp_path_factory):
 def test_two_workers_train_one_run_with_identical_weights(tmp_path, idx_dir):
     result = cluster("--experiment=mnist_lenet", f"--data_dir={idx_dir}",
                      f"--results_dir={tmp_path / 'results'}", "--epochs=2",
-                     "--batch_size=32", "--run_name=mw", "--verbose=2")
+                     "--batch_size=32", "--run_name=mw", "--verbose=1",
+                     "--hparams=steps_per_execution=2")
     assert result.returncode == 0, result.stdout[-3000:]
+    # The progress bar shows the global figures, the same on both workers,
+    # not the workers' already-reduced values added up again (accuracy 1.6).
+    progress = re.findall(r"\[worker (\d)\] +(\d+)/\d+ \[.*?accuracy: ([\d.]+)",
+                          result.stdout.replace("\r", "\n"))
+    assert len(progress) >= 8
+    assert all(float(accuracy) <= 1.0 for _, _, accuracy in progress)
+    by_step = {}
+    for worker, step, accuracy in progress:
+        by_step.setdefault(step, {})[worker] = accuracy
+    assert all(len(set(seen.values())) == 1 for seen in by_step.values() if len(seen) == 2)
     checksums = dict(re.findall(r"\[worker (\d)\] .*Final weights checksum: (\w+)",
                                 result.stdout))
     assert set(checksums) == {"0", "1"}

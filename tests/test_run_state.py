@@ -274,3 +274,32 @@ def test_a_bug_is_one_line_with_the_traceback_in_a_log(tmp_path):
     assert log.parent == tmp_path / "r" / "crashes"
     assert "Traceback" in log.read_text() and "build_model" in log.read_text()
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 600 KiB tmpfs (root and mount needed; skipped with the reason otherwise)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tiny_disk, idx_dir):
+    args = ["--experiment=mnist_lenet", f"--data_dir={idx_dir}", "--epochs=2",
+            "--batch_size=32", f"--results_dir={tiny_disk / 'results'}", "--run_name=full",
+            "--verbose=0"]
+    full = _launch(*args)
+    line = _one_line(full)
+    assert "No space left on device" in line, line
+    grown = subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)],
+                           capture_output=True, text=True)
+    assert grown.returncode == 0, grown.stderr
+    again = _launch(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    metrics = json.loads((tiny_disk / "results/mnist_lenet/full/metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 2
