@@ -20,8 +20,10 @@ so `--logdir results` lists sweeps and single runs alike.
 """
 
 import dataclasses
+import os
 import pathlib
 import shlex
+import sys
 import traceback
 from typing import Any
 
@@ -217,7 +219,10 @@ def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
 def _command(options, sweep_dir: pathlib.Path) -> str:
     """The launch.py command that trains the best configuration on the
     sweep's data."""
-    parts = ["python", "launch.py", f"--experiment={options.experiment}"]
+    python = sys.executable
+    if pathlib.Path(python).is_relative_to(pathlib.Path.cwd()):
+        python = os.path.relpath(python)  # .venv/bin/python, as the README writes it
+    parts = [python, "launch.py", f"--experiment={options.experiment}"]
     if options.dataset:
         parts.append(f"--dataset={options.dataset}")
     if options.data_dir:

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 import tf_keras
 
@@ -53,6 +54,13 @@ def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
         logits = classifier.invoke(classifier.prepare(np.zeros((28, 28, 1), np.float32)))
         assert logits.shape == (10,) and np.isfinite(logits).all()
     assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2]
+    # Sparsity in TensorBoard, and no second set of epoch figures beside it.
+    tags = set()
+    for path in (run_dir / "logs" / "pruning" / "metrics").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    assert any(tag.endswith("/sparsity") for tag in tags)
+    assert not (run_dir / "logs" / "pruning" / "train").exists()
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["models_measured"] == metrics["models_measured"]
     assert not (run_dir / "stages").exists() and not (run_dir / "backup").exists()

@@ -46,11 +46,31 @@ def quantize(model, context: StageContext):
     return compression.quantize_preserving_sparsity(model)
 
 
+class SparsitySummaries(tfmot.sparsity.keras.PruningSummaries):
+    """PruningSummaries' per-layer sparsity and thresholds only (in
+    logs/pruning/metrics, at every epoch's start and at the end): the epoch
+    figures are the run's own TensorBoard callback's, and written twice they
+    would show in the HParams dashboard as a second set of metrics."""
+
+    def on_train_begin(self, logs=None):
+        pass  # no train/ writer: TensorBoard's own hooks are skipped
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, None)  # None: the sparsity part only
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        self.on_epoch_begin(0)  # the sparsity the stage ends with
+        self._file_writer.flush()
+
+
 def pruning_callbacks(context: StageContext) -> list:
-    # UpdatePruningStep advances the schedule (required); PruningSummaries
-    # puts sparsity in TensorBoard (logs/pruning).
+    # UpdatePruningStep advances the schedule (required); the summaries put
+    # sparsity in TensorBoard.
     return [tfmot.sparsity.keras.UpdatePruningStep(),
-            tfmot.sparsity.keras.PruningSummaries(log_dir=str(context.log_dir / "pruning"))]
+            SparsitySummaries(log_dir=str(context.log_dir / "pruning"), write_graph=False)]
 
 
 def stages(config: dict) -> list[Stage]:
