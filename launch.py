@@ -12,6 +12,7 @@ turns flags into RunOptions and whatever goes wrong into one line on stderr
 import dataclasses
 import logging as std_logging
 import os
+import re
 import signal
 import sys
 
@@ -126,7 +127,8 @@ def main(argv):
     except Exception as e:  # a bug: one line here, the traceback in a file
         reason = _system_reason(e)
         if reason:  # TensorFlow's own file writers report a full or read-only disk so
-            print(f"launch.py: error: {reason}", file=sys.stderr)
+            print(f"launch.py: error: {reason} (free space or fix the permission, then "
+                  "rerun the same command: the run resumes)", file=sys.stderr)
             return 1
         log = crash.write_log(options.results_dir, options.experiment)
         print(f"launch.py: error: unexpected {type(e).__name__}: "
@@ -170,11 +172,17 @@ _SYSTEM_REASONS = ("No space left on device", "Read-only file system", "Permissi
 
 
 def _system_reason(error: Exception) -> str:
-    """The first line of an error TensorFlow raised for a file-system reason
-    (its writers fail with their own error types), or an empty string."""
-    text = str(error).strip()
-    if any(reason in text for reason in _SYSTEM_REASONS):
-        return text.splitlines()[0][:300]
+    """One line for an error TensorFlow raised for a file-system reason (its
+    writers fail with their own error types): the reason and the file, without
+    TensorFlow's "{{function_node ...}}" prefix; an empty string otherwise."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error).strip())
+    for reason in _SYSTEM_REASONS:
+        if reason in text:
+            where = text.split(reason)[0].strip().rstrip(";:,").strip()
+            where = where.splitlines()[-1].split()[-1] if where else ""
+            # TensorFlow writes to "<file>.tempstate<digits>", then renames.
+            where = re.sub(r"\.tempstate\d+$", "", where)
+            return f"{reason}: {where}" if where else reason
     return ""
 
 

@@ -318,13 +318,17 @@ def check_backup(keras_dir: pathlib.Path, run_dir: pathlib.Path) -> None:
     try:
         prefix = tf.train.latest_checkpoint(str(keras_dir))
         if prefix is None:
-            if any(keras_dir.iterdir()):
+            # A save cut short (a kill, a full disk) leaves only "ckpt-N_temp"
+            # folders: no checkpoint was written, so the stage starts afresh.
+            if any(not path.name.endswith("_temp") for path in keras_dir.iterdir()):
                 raise ValueError("no readable checkpoint index")
             return
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, OSError) as e:
+    except (tf.errors.OpError, ValueError, OSError, IndexError, RuntimeError) as e:
+        # A truncated data file raises IndexError ("Read less bytes than
+        # requested") from the C++ reader; a corrupt index, DataLossError.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"the backup in {keras_dir} is damaged ({first[:200]}); "
                         f"rerun with --restart to start run {run_dir.name} over, or "

@@ -156,14 +156,23 @@ class StageRunner:
         self.drop_backup(stage)
 
     def drop_backup(self, stage: Stage) -> None:
-        shutil.rmtree(self.backup_dir(stage), ignore_errors=True)
-        # The Keras backup folder is the chief's on every worker: only the
-        # chief drops its checkpoint (a worker that finishes the stage first
-        # would delete it under the chief's last save), and only its "chief"
-        # folder (the other workers' temporary copies sit beside it, and
-        # each worker deletes its own).
+        """Deletes what resuming `stage` needed, once its result is kept.
+
+        The Keras backup folder is the chief's on every worker, and the other
+        workers' temporary copies sit beside its "chief" folder: a worker that
+        is still writing its last epoch's copy must not lose it to a faster
+        chief, so only the chief's own "chief" folder goes here, and the rest
+        of backup/ when the run finishes (after the final evaluation, which
+        every worker joins)."""
+        folder, keras_dir = self.backup_dir(stage), self.keras_backup_dir(stage)
+        if keras_dir.parent == folder and folder.exists():
+            for child in folder.iterdir():
+                if child != keras_dir:
+                    (shutil.rmtree if child.is_dir() else pathlib.Path.unlink)(child)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
         if strategy_lib.is_chief(self.strategy):
-            shutil.rmtree(self.keras_backup_dir(stage) / "chief", ignore_errors=True)
+            shutil.rmtree(keras_dir / "chief", ignore_errors=True)
 
     # -- running -----------------------------------------------------------
     def run(self, initial: Callable[[], tf_keras.Model]) -> Outcome:

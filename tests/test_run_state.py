@@ -174,7 +174,7 @@ def test_damaged_resume_state_is_one_line_and_restart_starts_over(tmp_path, idx_
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     damaged = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     _one_line(damaged, "is damaged", "--restart")
-    restarted = subprocess.run(args[:-3] + ["--epochs=2", "--restart", "--verbose=0",
+    restarted = subprocess.run(args[:-2] + ["--epochs=2", "--restart",
                                             "--hparams=steps_per_execution=1"],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert restarted.returncode == 0, restarted.stderr[-3000:]

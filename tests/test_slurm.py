@@ -500,7 +500,16 @@ def test_the_sbatch_script_runs_and_a_requeued_job_resumes(slurm, tmp_path):
         requeued = slurm.command("scontrol", "requeue", job, timeout=20)
         assert requeued.returncode == 0, requeued.stderr
         done_before = history_epochs(run_dir)
-        # Slurm holds a requeued job back for a while; start it now.
+        # Slurm holds a requeued job back for a while; start it now, but only
+        # once the first run's tasks are gone and a second has passed: slurmd
+        # refuses a credential issued within the second its job was revoked
+        # in ("Job credential revoked"), which Slurm's own hold avoids.
+        while "DUE TO JOB REQUEUE" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        while slurm.command("scontrol", "listpids", job, timeout=20).stdout.count("\n") > 1 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
         while state() != "RUNNING" and time.monotonic() < deadline:
             if state() == "PENDING":
                 slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now",
