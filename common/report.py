@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 COLUMNS = ("run", "status", "dataset", "strategy", "replicas", "epochs", "test accuracy",
            "images/s", "model bytes")
 COMPARISON = ("experiment", "run", "dataset", "test accuracy", "parameters", "images/s",
-              "wall s", "model", "model bytes")
+              "training wall s", "model", "model bytes", "SavedModel bytes", "TFLite bytes")
 # Where Debian's dataset packages install real data; other local sources may
 # be fixtures, and the table says which folder a run read.
 REAL_SOURCES = ("tfds", "/usr/share/datasets/")
@@ -133,11 +133,23 @@ def comparison_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
             continue
         best = max(done, key=lambda r: r["test_accuracy"])
         entry = headline_model(best) or {}
+        exported = _exported_bytes(best)
         rows.append([_cell(v) for v in (
             experiment, best["_name"], data_label(best), best["test_accuracy"],
             best.get("num_parameters"), best.get("train_images_per_second"),
-            _seconds(best.get("wall_seconds_total")), entry.get("name"), entry.get("bytes"))])
+            _seconds(best.get("wall_seconds_total")), entry.get("name"), entry.get("bytes"),
+            exported.get("saved_model"), exported.get("tflite"))])
     return rows
+
+
+def _exported_bytes(metrics: dict) -> dict[str, int]:
+    """{format: bytes} of what the run exported for serving (metrics.json's
+    "exported" list: "saved_model", "tflite", ...); empty for runs without."""
+    exported = metrics.get("exported")
+    if not isinstance(exported, list):
+        return {}
+    return {e["format"]: e["bytes"] for e in exported
+            if isinstance(e, dict) and isinstance(e.get("format"), str) and _number(e.get("bytes"))}
 
 
 def text_table(columns, rows: list[list[str]]) -> str:

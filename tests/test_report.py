@@ -34,7 +34,10 @@ def make_results(results: pathlib.Path):
         "test_accuracy": 0.9006, "train_images_per_second": 11655.5, "num_parameters": 61706,
         "wall_seconds_total": 15.5, "history": _history(3, 1.0),
         "models": [{"name": "model", "format": "keras", "path": "model/model.keras",
-                    "bytes": 1234}]}, model_bytes=1234)
+                    "bytes": 1234}],
+        "exported": [{"format": "saved_model", "path": "export/saved_model/1", "bytes": 285698},
+                     {"format": "tflite", "path": "export/model_float.tflite",
+                      "bytes": 250444}]}, model_bytes=1234)
     _write(results, "mnist_lenet/run-b", {
         "status": "completed", "dataset": "mnist", "data_source": "/tmp/pytest-7/idx",
         "strategy": "MirroredStrategy", "num_replicas": 2, "epochs": 2,
@@ -81,6 +84,9 @@ def test_report_tables_and_plots(tmp_path):
     assert "bench" not in text
     comparison = text.split("== mnist_lenet")[0]
     assert "run-a" in comparison and "61,706" in comparison and "int8_tflite" in comparison
+    # The comparison row carries what the run exported for serving.
+    row = next(line.split() for line in comparison.splitlines() if "run-a" in line)
+    assert row[-2:] == ["285,698", "250,444"] and row[-3] == "1,234"
     assert "| run-a | completed | fashion_mnist | DefaultStrategy | 1 | 3 | 0.9006 |" in markdown
     for name in ("report_mnist_lenet_curves.png", "report_pruning_qat_curves.png",
                  "report_pruning_qat_accuracy_vs_size.png"):
