@@ -10,9 +10,10 @@ turns flags into RunOptions and whatever goes wrong into one line on stderr
 """
 
 import dataclasses
+import functools
+import importlib.util
 import logging as std_logging
 import os
-import re
 import signal
 import sys
 
@@ -35,7 +36,7 @@ from absl import app, flags, logging  # noqa: E402
 
 import experiments  # noqa: E402
 from common import choices, crash  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from common.errors import UserError, system_reason  # noqa: E402
 from common.options import RunOptions  # noqa: E402
 
 flags.DEFINE_enum("experiment", None, experiments.names(), "Experiment (folder under experiments/).")
@@ -125,10 +126,10 @@ def main(argv):
         print(f"launch.py: error:{where}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug: one line here, the traceback in a file
-        reason = _system_reason(e)
+        reason = system_reason(e)
         if reason:  # TensorFlow's own file writers report a full or read-only disk so
-            print(f"launch.py: error: {reason} (free space or fix the permission, then "
-                  "rerun the same command: the run resumes)", file=sys.stderr)
+            print(f"launch.py: error: {reason} (free space or fix the permission; then the "
+                  "same command, with the run's --run_name, resumes a run)", file=sys.stderr)
             return 1
         log = crash.write_log(options.results_dir, options.experiment)
         print(f"launch.py: error: unexpected {type(e).__name__}: "
@@ -145,9 +146,23 @@ class _OwnInfo(std_logging.Filter):
     def filter(self, record):
         if "triggered tf.function retracing" in str(record.msg):
             return False  # each model the runner scores gets its own function
-        return record.levelno >= std_logging.WARNING or not any(
-            part in record.pathname for part in ("/tensorflow/", "/tf_keras/", "/keras/",
-                                                 "/tensorflow_datasets/", "/keras_tuner/"))
+        return (record.levelno >= std_logging.WARNING
+                or not record.pathname.startswith(_third_party_folders()))
+
+
+@functools.lru_cache(maxsize=None)
+def _third_party_folders() -> tuple:
+    """Where TensorFlow, Keras, TFDS and Keras Tuner are installed (found
+    without importing them): their INFO lines are the ones _OwnInfo drops."""
+    folders = []
+    for name in ("tensorflow", "tf_keras", "keras", "tensorflow_datasets", "keras_tuner"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            folders.append(os.path.dirname(spec.origin) + os.sep)
+    return tuple(folders)
 
 
 class _Format(std_logging.Formatter):
@@ -165,25 +180,6 @@ def _quiet_logs() -> None:
     handler = logging.get_absl_handler()
     handler.setFormatter(_Format("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_OwnInfo())
-
-
-_SYSTEM_REASONS = ("No space left on device", "Read-only file system", "Permission denied",
-                   "Disk quota exceeded")
-
-
-def _system_reason(error: Exception) -> str:
-    """One line for an error TensorFlow raised for a file-system reason (its
-    writers fail with their own error types): the reason and the file, without
-    TensorFlow's "{{function_node ...}}" prefix; an empty string otherwise."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error).strip())
-    for reason in _SYSTEM_REASONS:
-        if reason in text:
-            where = text.split(reason)[0].strip().rstrip(";:,").strip()
-            where = where.splitlines()[-1].split()[-1] if where else ""
-            # TensorFlow writes to "<file>.tempstate<digits>", then renames.
-            where = re.sub(r"\.tempstate\d+$", "", where)
-            return f"{reason}: {where}" if where else reason
-    return ""
 
 
 def parse_flags(argv):

@@ -1,5 +1,7 @@
 """The exception types for what a user should read as one line."""
 
+import re
+
 
 class UserError(Exception):
     """A bad flag, a missing file, absent hardware: reported as one line.
@@ -23,3 +25,29 @@ def one_line(error: BaseException) -> str:
         return type(error).__name__
     first, _, rest = lines[0].partition(". ")
     return first if rest else lines[0]
+
+
+_SYSTEM_REASONS = ("No space left on device", "Read-only file system", "Permission denied",
+                   "Disk quota exceeded")
+
+
+def system_reason(error: Exception) -> str:
+    """One line for an error TensorFlow raised for a file-system reason (its
+    writers fail with their own error types): the reason and, where the
+    message names one, the file (TensorFlow's "{{function_node ...}}" prefix,
+    "[Errno N]" and the ".tempstate<digits>" suffix of its temporary files
+    dropped); an empty string for any other error."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error).strip())
+    text = re.sub(r"\[Errno \d+\]\s*", "", text)
+    for reason in _SYSTEM_REASONS:
+        if reason in text:
+            line = next(line for line in text.splitlines() if reason in line)
+            before, _, after = line.partition(reason)
+            # The file is the token with a "/" nearest the reason: TensorFlow
+            # writes "<file>; <reason>", Python "<reason>: '<file>'".
+            paths = ([t for t in reversed(before.split("; ")) if "/" in t][:1]
+                     or [t for t in after.split() if "/" in t][:1])
+            where = paths[0].rsplit(": ", 1)[-1].strip().strip(":;,'\"") if paths else ""
+            where = re.sub(r"\.tempstate\d+$", "", where)
+            return f"{reason}: {where}" if where else reason
+    return ""

@@ -318,10 +318,11 @@ def check_backup(keras_dir: pathlib.Path, run_dir: pathlib.Path) -> None:
     try:
         prefix = tf.train.latest_checkpoint(str(keras_dir))
         if prefix is None:
-            # A save cut short (a kill, a full disk) leaves only "ckpt-N_temp"
-            # folders: no checkpoint was written, so the stage starts afresh.
-            if any(not path.name.endswith("_temp") for path in keras_dir.iterdir()):
-                raise ValueError("no readable checkpoint index")
+            # No "checkpoint" state file: a first save cut short (a kill, a
+            # full disk) left only its pieces, and tf_keras starts the stage
+            # afresh, as it would with an empty folder.
+            if (keras_dir / "checkpoint").exists():
+                raise ValueError("its 'checkpoint' file names no readable checkpoint")
             return
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():

@@ -132,8 +132,14 @@ class RunFolder:
             shutil.rmtree(self.write_dir, ignore_errors=True)
             return payload
         results.write_json_atomic(self.run_dir / results.METRICS_FILE, payload)
-        # Only now is the run safe on disk: drop what resuming needed.
-        for leftover in ("backup", "stages"):
+        # Only now is the run safe on disk: drop what resuming needed. A
+        # completed run's final evaluation had every worker take part, so no
+        # worker still writes its backup copy; a failed one stopped without
+        # that barrier, and under several workers keeps backup/ rather than
+        # pull it from under a worker's last save.
+        several_workers = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        for leftover in ("stages",) if status == "failed" and several_workers else (
+                "backup", "stages"):
             shutil.rmtree(self.run_dir / leftover, ignore_errors=True)
         return payload
 

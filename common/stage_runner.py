@@ -167,8 +167,10 @@ class StageRunner:
         folder, keras_dir = self.backup_dir(stage), self.keras_backup_dir(stage)
         if keras_dir.parent == folder and folder.exists():
             for child in folder.iterdir():
-                if child != keras_dir:
-                    (shutil.rmtree if child.is_dir() else pathlib.Path.unlink)(child)
+                if child.is_dir() and child != keras_dir:
+                    shutil.rmtree(child, ignore_errors=True)
+                elif not child.is_dir():
+                    child.unlink(missing_ok=True)
         else:
             shutil.rmtree(folder, ignore_errors=True)
         if strategy_lib.is_chief(self.strategy):

@@ -11,7 +11,9 @@ TensorBoard timeline, epochs numbered across stages.
 Resume layout, in the folder a process writes to:
 
     backup/<stage>/    while stage <stage> trains: Keras' BackupAndRestore
-                       state (keras/), the last epoch's logs, early stopping
+                       state (keras/), the last epoch's logs, early stopping;
+                       once it finished, only keras/ may stay (other workers'
+                       copies), until the run ends
     stages/<stage>/    once it finished: done.json and its model (model.keras)
                        or weights (a TensorFlow checkpoint)
 

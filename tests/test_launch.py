@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from common.errors import system_reason
 from tests.fixtures import kill_when, history_epochs, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -98,3 +99,20 @@ def _tensorboard_steps(folder, tag):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             steps.update(event.step for value in event.summary.value if value.tag == tag)
     return steps
+
+
+@pytest.mark.parametrize("message, expected", [
+    # TensorFlow's checkpoint writer on a full disk (seen on a 1 MiB tmpfs).
+    ("{{function_node __wrapped__SaveV2_dtypes_37_device_/job:localhost/replica:0/task:0/"
+     "device:CPU:0}} /r/backup/ckpt-1_temp/part-00000-of-00001.data-00000-of-00001"
+     ".tempstate9720927955733013113; No space left on device [Op:SaveV2]",
+     "No space left on device: /r/backup/ckpt-1_temp/part-00000-of-00001.data-00000-of-00001"),
+    ("[Errno 28] No space left on device: '/p/q'", "No space left on device: /p/q"),
+    ("/my results/run/history.csv; No space left on device",
+     "No space left on device: /my results/run/history.csv"),
+    ("Failed to create a directory: /r/x; Read-only file system", "Read-only file system: /r/x"),
+    ("Permission denied", "Permission denied"),
+    ("Read less bytes than requested", ""),
+])
+def test_file_system_errors_become_one_line_naming_the_file(message, expected):
+    assert system_reason(RuntimeError(message)) == expected

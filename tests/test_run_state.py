@@ -303,3 +303,37 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tiny_di
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = json.loads((tiny_disk / "results/mnist_lenet/full/metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 2
+
+
+def _backup_tree(run_dir: pathlib.Path) -> pathlib.Path:
+    """A stage's backup as a two-worker run leaves it mid-way: the chief's
+    checkpoint, worker 1's temporary copy still being written, and the
+    chief's epoch log."""
+    stage_dir = run_dir / "backup" / "train"
+    for path in ("keras/chief/checkpoint", "keras/workertemp_1/ckpt-20_temp/part-00000",
+                 "epoch_logs.json"):
+        (stage_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (stage_dir / path).write_text("x")
+    return stage_dir
+
+
+@pytest.mark.parametrize("chief", [True, False])
+def test_a_finished_stage_drops_only_its_own_backup(tmp_path, monkeypatch, chief):
+    import tensorflow as tf
+    from common import stage_runner, strategy as strategy_lib
+    from common.stages import Stage
+    run_dir = tmp_path / "run"
+    stage_dir = _backup_tree(run_dir)
+    write_dir = run_dir if chief else run_dir / "workertemp_1"
+    own = _backup_tree(write_dir) if not chief else stage_dir
+    monkeypatch.setattr(strategy_lib, "is_chief", lambda strategy: chief)
+    stages = [Stage(name="train", epochs=1, learning_rate=0.1)]
+    stage_run = stage_runner.StageRunner(
+        stages=stages, config={}, strategy=tf.distribute.get_strategy(), steps_per_epoch=1,
+        global_batch=1, fit=None, validator=None)
+    stage_run.attach(run_dir, write_dir)
+    stage_run.drop_backup(stages[0])
+    # Another worker's copy is never pulled from under its last save.
+    assert (stage_dir / "keras/workertemp_1/ckpt-20_temp/part-00000").exists()
+    assert (stage_dir / "keras/chief/checkpoint").exists() != chief  # the chief's own
+    assert not (own / "epoch_logs.json").exists()

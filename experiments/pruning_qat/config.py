@@ -19,7 +19,7 @@ Compress a model you already trained:
 Expected (Fashion-MNIST, measured on 2 CPU cores, see the README's Results):
 int8 TFLite accuracy within 1 point of the float baseline, 80% of the pruned
 weights zero in the int8 file, the int8 file about 3.7x smaller than the
-float one and about 11x smaller after gzip.
+float one and about 10x smaller when both are gzipped.
 `learning_rate` is unused here: each stage has its own.
 """
 
