@@ -35,6 +35,7 @@ def test_a_few_steps_on_mock_data(tmp_path, experiment, dataset, strategy, repli
     assert metrics["num_test_examples"] == 64 and len(metrics["history"]) == 1
 
 
+@pytest.mark.slow
 def test_both_on_original_files_learn_above_chance(tmp_path):
     idx = write_idx_dataset(tmp_path / "idx", num_train=800, num_test=200)
     cifar = write_cifar10_batches(tmp_path / "cifar", records_per_batch=40).parent

@@ -177,6 +177,7 @@ def test_bad_settings_fail_before_a_run_folder(tmp_path, cifar_dir, overrides, n
 
 # --- runs -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_phases_on_mock_tfds_under_mirrored(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=48):
@@ -197,6 +198,7 @@ def test_two_phases_on_mock_tfds_under_mirrored(tmp_path):
     assert on_disk["num_test_examples"] == 48 and on_disk["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_epochs_flag_runs_that_many_in_every_phase(tmp_path, cifar_dir):
     metrics = runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), epochs=1,
                                   hparams=("phase1_epochs=3", "phase2_epochs=2",
@@ -205,6 +207,7 @@ def test_epochs_flag_runs_that_many_in_every_phase(tmp_path, cifar_dir):
     assert [row["epoch"] for row in metrics["history"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_two_phases_on_cifar_files_under_mirrored(tmp_path, cifar_dir):
     metrics = runner.run(_options(tmp_path, strategy="mirrored",
                                     data_dir=str(cifar_dir.parent)))

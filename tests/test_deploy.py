@@ -193,6 +193,7 @@ def check_parity(run: Run, recorded_accuracy: float) -> dict[str, float]:
 # ---------------------------------------------------------------------------
 # Export and parity.
 
+@pytest.mark.slow
 def test_lenet_run_exports_and_the_three_forms_agree(lenet_run):
     check_export_files(lenet_run)
     accuracies = check_parity(lenet_run, lenet_run.metrics["test_accuracy"])
@@ -209,11 +210,13 @@ def test_lenet_run_exports_and_the_three_forms_agree(lenet_run):
         scores["model"]["accuracy"], abs=0.001)
 
 
+@pytest.mark.slow
 def test_cifar_vgg_transfer_run_exports_and_the_three_forms_agree(cifar_run):
     check_export_files(cifar_run)
     check_parity(cifar_run, cifar_run.metrics["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_pruning_qat_exports_its_qat_model_from_hdf5(pqat_run):
     check_export_files(pqat_run)
     declared = {e["name"]: e for e in pqat_run.metrics["models"]}
@@ -456,6 +459,7 @@ def test_predict_without_any_image_is_a_user_error(lenet_run, tmp_path, inputs, 
 # ---------------------------------------------------------------------------
 # bench/serving.py
 
+@pytest.mark.slow
 def test_serving_benchmark_smoke(pqat_run, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "serving.py"), f"--runs={pqat_run.path}",

@@ -327,6 +327,7 @@ def _options(tmp_path, data_dir, **overrides):
     return RunOptions(**{**values, **overrides})
 
 
+@pytest.mark.slow
 def test_mnist_lenet_learns_the_folder_and_the_second_run_uses_the_cache(
         tmp_path, class_folders):
     options = _options(tmp_path, class_folders, epochs=15, run_name="first",
@@ -363,6 +364,7 @@ def dataclasses_replace(options, **changes):
     return dataclasses.replace(options, **changes)
 
 
+@pytest.mark.slow
 def test_split_layout_under_mirrored_strategy_and_a_sweep(tmp_path, split_folders):
     metrics = runner.run(_options(tmp_path, split_folders, epochs=1, strategy="mirrored",
                                   run_name="mirrored"))
@@ -382,6 +384,7 @@ def test_split_layout_under_mirrored_strategy_and_a_sweep(tmp_path, split_folder
         assert json.loads((trial / "metrics.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_cifar_vgg_transfer_runs_on_the_grey_images(tmp_path, class_folders):
     metrics = runner.run(_options(
         tmp_path, class_folders, experiment="cifar_vgg_transfer", weights="none",

@@ -120,6 +120,7 @@ def test_several_workers_need_a_shared_run_name(tmp_path):
     assert "needs --run_name" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_lone_worker_stops_after_cluster_timeout_naming_the_missing_one(tmp_path):
     from tests.fixtures import free_port
     ports = [free_port(), free_port()]

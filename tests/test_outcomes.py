@@ -86,6 +86,7 @@ def test_every_example_is_scored_once_when_the_last_batch_is_smaller_than_the_re
         float((logits.argmax(1) == np.array(labels)).mean()), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_three_replicas_with_a_one_example_remainder_on_the_command_line(tmp_path, idx_dir):
     result = _launch("--experiment=mnist_lenet", f"--data_dir={idx_dir}", "--epochs=1",
                      "--strategy=mirrored", "--num_cpu_devices=3", "--batch_size=99",
@@ -142,6 +143,7 @@ def test_a_run_stopped_early_says_so_with_its_real_epochs(tmp_path, idx_dir):
                                          "best_epoch": stage["best_epoch"] + 1}]
 
 
+@pytest.mark.slow
 def test_a_short_pruning_stage_still_reaches_its_target_sparsity(tmp_path, idx_dir, caplog):
     # 540 training images at batch 64: 8 steps, far fewer than pruning_frequency=50.
     caplog.set_level(logging.INFO, logger="absl")
@@ -167,6 +169,7 @@ def test_an_impossible_pruning_schedule_is_refused_before_any_folder(tmp_path, i
     assert not list(tmp_path.glob("*/*"))
 
 
+@pytest.mark.slow
 def test_compression_of_a_bfloat16_model_runs_in_float32(tmp_path, idx_dir, monkeypatch):
     monkeypatch.setattr(speed, "cpu_has_bfloat16", lambda: True)
     metrics = runner.run(RunOptions(
@@ -237,6 +240,7 @@ def test_strict_json_everywhere(tmp_path):
     assert _strict(tmp_path / "x.json") == {"a": None, "b": [None, 1.0]}
 
 
+@pytest.mark.slow
 def test_deterministic_runs_repeat_exactly(tmp_path, idx_dir):
     figures = []
     for name in ("a", "b"):

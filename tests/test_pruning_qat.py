@@ -33,6 +33,7 @@ def idx_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("strategy, replicas", [("default", 1), ("mirrored", 2)])
+@pytest.mark.slow
 def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
@@ -94,6 +95,7 @@ def _zero_masks_tflite(path):
     return masks
 
 
+@pytest.mark.slow
 def test_sparsity_survives_qat_and_int8_export(tmp_path, idx_dir):
     metrics = runner.run(_options(
         tmp_path, data_dir=str(idx_dir), run_name="s",
@@ -141,6 +143,7 @@ def test_pqat_training_keeps_pruned_zeros(tmp_path, idx_dir):
         assert (kernel[~mask] != 0).mean() > 0.99  # the rest did train
 
 
+@pytest.mark.slow
 def test_init_from_a_finished_run_skips_baseline_training(tmp_path, idx_dir):
     lenet = runner.run(RunOptions(
         experiment="mnist_lenet", results_dir=str(tmp_path / "results"), epochs=1,

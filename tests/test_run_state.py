@@ -141,6 +141,7 @@ def test_a_results_path_that_is_a_file_is_one_line(tmp_path, idx_dir):
     _one_line(result, "cannot create the run folder", str(tmp_path / "results"))
 
 
+@pytest.mark.slow
 def test_a_backup_path_that_is_a_file_is_one_line_and_the_fix_resumes(tmp_path, idx_dir):
     args = ["--experiment=mnist_lenet", f"--data_dir={idx_dir}", "--epochs=1",
             "--batch_size=32", f"--results_dir={tmp_path}", "--run_name=b", "--verbose=0"]
@@ -289,6 +290,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(mount_point)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tiny_disk, idx_dir):
     args = ["--experiment=mnist_lenet", f"--data_dir={idx_dir}", "--epochs=2",
             "--batch_size=32", f"--results_dir={tiny_disk / 'results'}", "--run_name=full",

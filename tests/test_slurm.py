@@ -364,6 +364,7 @@ def task_lines(output: str, pattern: str) -> dict:
 
 # Training on it ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_srun_two_tasks_train_one_run_named_after_the_job(slurm, idx_dir, tmp_path):
     results_dir = tmp_path / "results"
     result = slurm.command(*launch(
@@ -389,6 +390,7 @@ def test_srun_two_tasks_train_one_run_named_after_the_job(slurm, idx_dir, tmp_pa
     assert not list(run_dir.rglob("workertemp_*"))  # only the chief's files remain
 
 
+@pytest.mark.slow
 def test_a_step_of_one_task_is_one_line(slurm, tmp_path):
     result = slurm.command(*launch("--experiment=mnist_lenet", f"--results_dir={tmp_path}",
                                    srun=("-n", "1")), timeout=120)
@@ -406,6 +408,7 @@ def _step_pids(slurm, job: str) -> dict:
             re.findall(r"^(\d+)\s+\d+\s+\d+\s+\d+\s+(\d+)\s*$", listed, re.MULTILINE)}
 
 
+@pytest.mark.slow
 def test_a_killed_task_fails_the_step_and_the_same_srun_resumes(slurm, tmp_path):
     data = write_idx_dataset(tmp_path / "idx", num_train=800, num_test=100)
     epochs = 4
@@ -463,6 +466,7 @@ def test_a_killed_task_fails_the_step_and_the_same_srun_resumes(slurm, tmp_path)
         slurm.command("scancel", job, timeout=20)
 
 
+@pytest.mark.slow
 def test_the_sbatch_script_runs_and_a_requeued_job_resumes(slurm, tmp_path):
     script = (ROOT / "cluster" / "slurm" / "train.sbatch").read_text()
     assert "#SBATCH --requeue" in script

@@ -57,6 +57,7 @@ def _hparams_sessions(folder: pathlib.Path) -> list:
     return sessions
 
 
+@pytest.mark.slow
 def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=256):
@@ -96,6 +97,7 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     assert all(o["learning_rate"] != defaults["learning_rate"] for o in others)
 
 
+@pytest.mark.slow
 def test_bayesian_sweep(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=256):
@@ -104,6 +106,7 @@ def test_bayesian_sweep(tmp_path):
     assert len(_trials(tmp_path / "results" / "mnist_lenet" / "s")) == 3
 
 
+@pytest.mark.slow
 def test_hyperband_continues_trials_from_their_weights(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
