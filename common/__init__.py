@@ -12,11 +12,21 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up chatter (oneDNN notices, CUDA probes) is noise for
 # users; a caller who wants it can still set the variable explicitly.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Two library warnings whose advice does not apply here: pruning_qat keeps
+# its QAT model as HDF5 on purpose (TFMOT's quantize wrappers do not load
+# back from .keras), and a quantization-aware-trained model carries the input
+# ranges that TFLite's converter says it was not given.
+warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file",
+                        category=UserWarning)
+warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected",
+                        category=UserWarning)
 
 # What TensorFlow's native code prints while it loads and looks for devices
 # on a machine without GPUs: not errors of the user's run.
