@@ -140,21 +140,28 @@ def tflite_weight_sparsity(path: pathlib.Path) -> Optional[float]:
 
 def latency_us(paths: dict[str, pathlib.Path], example: np.ndarray, *,
                threads: int = 1, xnnpack: bool = True, invocations: int = 500,
-               rounds: int = 7) -> dict[str, float]:
+               rounds: int = 7, round_seconds: float = 1.0) -> dict[str, float]:
     """Median microseconds per example of each model, measured side by side:
     the models take turns round after round, so drift on a shared machine
-    hits them alike."""
+    hits them alike. A round makes `invocations` calls per model, or as many
+    as fit in about `round_seconds` (at least 3) where the model is slow (a
+    VGG16's tens of milliseconds per call): LeNet-sized models make all 500."""
     classifiers = {name: TFLiteClassifier(path, threads, xnnpack)
                    for name, path in paths.items()}
     prepared = {name: c.prepare(example) for name, c in classifiers.items()}
-    for name, c in classifiers.items():  # warm-up
-        for _ in range(20):
+    counts = {}
+    for name, c in classifiers.items():  # warm-up, and how many calls fit a round
+        start, calls = time.perf_counter(), 0
+        while calls < 20 and (calls < 2 or time.perf_counter() - start < round_seconds):
             c.invoke(prepared[name])
+            calls += 1
+        per_call = (time.perf_counter() - start) / calls
+        counts[name] = max(3, min(invocations, int(round_seconds / max(per_call, 1e-9))))
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, c in classifiers.items():
             start = time.perf_counter()
-            for _ in range(invocations):
+            for _ in range(counts[name]):
                 c.invoke(prepared[name])
-            samples[name].append((time.perf_counter() - start) / invocations * 1e6)
+            samples[name].append((time.perf_counter() - start) / counts[name] * 1e6)
     return {name: statistics.median(values) for name, values in samples.items()}

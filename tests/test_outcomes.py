@@ -253,3 +253,29 @@ def test_deterministic_runs_repeat_exactly(tmp_path, idx_dir):
                         [(r["loss"], r["val_loss"]) for r in metrics["history"]],
                         metrics["weights_checksum"]))
     assert figures[0] == figures[1]
+
+
+def test_latency_of_a_slow_model_takes_about_a_second_a_round(monkeypatch):
+    """A VGG16-sized model is timed in fewer calls per round (500 calls of
+    tens of milliseconds would take minutes a round); a fast one makes all."""
+    import time
+    from common import export
+    calls = {"slow": 0, "fast": 0}
+
+    class Fake:
+        def __init__(self, path, threads, xnnpack):
+            self.name = str(path)
+
+        def prepare(self, image):
+            return image
+
+        def invoke(self, prepared):
+            calls[self.name] += 1
+            time.sleep(0.02 if self.name == "slow" else 0.0)
+
+    monkeypatch.setattr(export, "TFLiteClassifier", Fake)
+    latency = export.latency_us({"slow": "slow", "fast": "fast"}, np.zeros((2, 2, 1)),
+                                invocations=100, rounds=3, round_seconds=0.1)
+    assert latency["slow"] == pytest.approx(20_000, rel=0.5)
+    assert calls["slow"] <= 20 + 3 * 6   # warm-up, then about 0.1 s a round
+    assert calls["fast"] >= 20 + 3 * 100  # every invocation asked for

@@ -57,7 +57,8 @@ def get_config() -> dict:
                                       "such as VGG16's colour-channel swap)"),
         "qat_epochs": HParam(2, ge=0),
         "qat_learning_rate": HParam(1e-4, gt=0),
-        "latency_invocations": HParam(500, ge=1, help="per round, per model"),
+        "latency_invocations": HParam(500, ge=1, help="per round, per model (fewer for a "
+                                      "slow model: about 1 s a round)"),
         "latency_rounds": HParam(7, ge=1),
         "early_stopping_patience": 0,      # 0: off
         # For the baseline stage (pruning and QAT always run one step per
