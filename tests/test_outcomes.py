@@ -232,6 +232,9 @@ def test_a_vgg16_transfer_run_compresses_end_to_end(tmp_path):
     assert rows["int8_tflite"]["sparsity"] >= 0.49
     assert rows["int8_tflite"]["num_test_examples"] == 24
     assert rows["int8_tflite"]["size_ratio_vs_float"] > 3.5
+    # The QAT model (HDF5) loads back, so the serving files were written.
+    assert {e["format"] for e in metrics["exported"]} >= {"saved_model", "tflite"}
+    assert not metrics.get("warnings"), metrics.get("warnings")
 
 
 def test_strict_json_everywhere(tmp_path):
@@ -279,3 +282,20 @@ def test_latency_of_a_slow_model_takes_about_a_second_a_round(monkeypatch):
     assert latency["slow"] == pytest.approx(20_000, rel=0.5)
     assert calls["slow"] <= 20 + 3 * 6   # warm-up, then about 0.1 s a round
     assert calls["fast"] >= 20 + 3 * 100  # every invocation asked for
+
+
+def test_a_qat_model_with_an_array_constant_initializer_reloads_from_hdf5(tmp_path):
+    """VGG16 transfer runs made before its preprocessing kernel was a list
+    hold a NumPy Constant initializer, which HDF5 cannot read back."""
+    inputs = tf_keras.Input((4, 4, 3))
+    x = tf_keras.layers.Conv2D(
+        3, 1, kernel_initializer=tf_keras.initializers.Constant(np.eye(3).reshape(1, 1, 3, 3)),
+        name="fixed")(inputs)
+    outputs = tf_keras.layers.Dense(2)(tf_keras.layers.Flatten()(x))
+    quantized = compression.quantize_preserving_sparsity(tf_keras.Model(inputs, outputs))
+    quantized.save(tmp_path / "qat.h5")
+    with compression.quantize_scope():
+        loaded = tf_keras.models.load_model(tmp_path / "qat.h5")
+    images = np.random.default_rng(0).random((2, 4, 4, 3), np.float32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               quantized.predict(images, verbose=0), atol=1e-5)

@@ -71,7 +71,9 @@ def vgg16_preprocessing() -> layers.Layer:
         swap[0, 0, rgb, 2 - rgb] = 1.0
     return layers.Conv2D(
         3, 1, name="vgg16_preprocess", trainable=False,
-        kernel_initializer=tf_keras.initializers.Constant(swap),
+        # A list, not the array: HDF5 (pruning_qat's QAT model) cannot
+        # read a NumPy value back from a layer's config.
+        kernel_initializer=tf_keras.initializers.Constant(swap.tolist()),
         bias_initializer=tf_keras.initializers.Constant([-m for m in _BGR_MEAN]))
 
 

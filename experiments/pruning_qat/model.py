@@ -179,6 +179,7 @@ def quantize_preserving_sparsity(stripped: tf_keras.Model) -> tf_keras.Model:
         return tfmot.quantization.keras.quantize_annotate_layer(layer, config)
 
     flat = flatten(stripped)
+    _listed_constants(flat)
     # quantize_apply rebuilds the model from its layers' weights in model
     # order, which puts frozen layers' weights last; and the prune-preserving
     # quantizer masks trainable kernels only. Both want every layer trainable.
@@ -189,6 +190,19 @@ def quantize_preserving_sparsity(stripped: tf_keras.Model) -> tf_keras.Model:
         quantized = tfmot.quantization.keras.quantize_apply(
             annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
     return quantized
+
+
+def _listed_constants(model: tf_keras.Model) -> None:
+    """Turns Constant initializers that hold a NumPy array (VGG16's
+    preprocessing kernel, in runs made before it was a list) into nested
+    lists: the HDF5 file the QAT model is kept in cannot read a NumPy value
+    back ("Unknown object: '__numpy__'")."""
+    for layer in model.layers:
+        for name in ("kernel_initializer", "bias_initializer"):
+            initializer = getattr(layer, name, None)
+            if isinstance(initializer, tf_keras.initializers.Constant) and hasattr(
+                    initializer.value, "tolist"):
+                initializer.value = initializer.value.tolist()
 
 
 def quantize_scope():
