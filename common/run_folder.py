@@ -138,8 +138,8 @@ class RunFolder:
         # that barrier, and under several workers keeps backup/ rather than
         # pull it from under a worker's last save.
         several_workers = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        for leftover in ("stages",) if status == "failed" and several_workers else (
-                "backup", "stages"):
+        keep_backup = status == "failed" and several_workers
+        for leftover in ("stages",) if keep_backup else ("backup", "stages"):
             shutil.rmtree(self.run_dir / leftover, ignore_errors=True)
         return payload
 
