@@ -4,9 +4,10 @@
     python launch.py --experiment=mnist_lenet --dataset=fashion_mnist --epochs=5
     python launch.py --experiment=mnist_lenet --strategy=mirrored --num_cpu_devices=2
 
-The logic lives in common/runner.py, importable and tested; this file only
-turns flags into RunOptions and whatever goes wrong into one line on stderr
-(a genuine bug's traceback goes to a log file the line names).
+The logic lives in common/ (common/modes/dispatch.py runs a mode), importable
+and tested; this file only turns flags into RunOptions and whatever goes
+wrong into one line on stderr (a genuine bug's traceback goes to a log file
+the line names).
 """
 
 import dataclasses
@@ -35,9 +36,10 @@ import common  # noqa: E402  (selects tf_keras before TensorFlow is imported)
 from absl import app, flags, logging  # noqa: E402
 
 import experiments  # noqa: E402
-from common import choices, crash  # noqa: E402
+from common.config import choices  # noqa: E402
+from common.config.options import RunOptions  # noqa: E402
 from common.errors import UserError, system_reason  # noqa: E402
-from common.options import RunOptions  # noqa: E402
+from common.runs import crash  # noqa: E402
 
 flags.DEFINE_enum("experiment", None, experiments.names(), "Experiment (folder under experiments/).")
 flags.DEFINE_enum("strategy", "default", choices.STRATEGIES, "tf.distribute strategy.")
@@ -114,10 +116,10 @@ def main(argv):
     options = options_from_flags()
     try:
         with common.quiet_native_startup():
-            from common import runner  # TensorFlow loads here, after flag checks.
+            from common.modes import dispatch  # TensorFlow loads here, after flag checks.
         import tensorflow as tf
         tf.get_logger().setLevel("WARNING")  # keep TF's per-op INFO chatter out
-        runner.run(options)
+        dispatch.run(options)
     except UserError as e:
         print(f"launch.py: error: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402,F401  (tf_keras before TensorFlow)
-from common import data, results  # noqa: E402
+from common.data import sources  # noqa: E402
+from common.runs import files  # noqa: E402
 
 
 def mnist_like_data(data_dir: str, dataset: str, fixture_examples: int) -> tuple[str, str]:
@@ -21,7 +22,7 @@ def mnist_like_data(data_dir: str, dataset: str, fixture_examples: int) -> tuple
     `fixture_examples` synthetic records in the IDX format."""
     if data_dir:
         return dataset, data_dir
-    system = data.SYSTEM_DATASETS_DIR / "fashion-mnist"
+    system = sources.SYSTEM_DATASETS_DIR / "fashion-mnist"
     if dataset == "fashion_mnist" and system.is_dir():
         return dataset, str(system)
     from tests.fixtures import write_idx_dataset
@@ -45,7 +46,7 @@ def write(name: str, results_dir: str, payload: dict) -> pathlib.Path:
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                **payload}
     path = folder / f"{name}.json"
-    results.write_json_atomic(path, payload)
+    files.write_json_atomic(path, payload)
     print(f"Wrote {path}")
     return path
 
@@ -71,16 +72,17 @@ def prepared(name: str, data_dir: str, dataset: str):
     launch.py prepares them (cifar_vgg_transfer with --weights=none)."""
     import functools
     import experiments
-    from common import data, runner
-    from common.options import RunOptions
+    from common.config import resolve
+    from common.data import pipeline
+    from common.training import run as training_run
+    from common.config.options import RunOptions
     experiment = experiments.get(name)
     options = RunOptions(experiment=name, data_dir=data_dir, dataset=dataset,
                          weights="none" if name == "cifar_vgg_transfer" else None)
-    config = runner.resolve_config(experiment, options)
-    splits = data.load(config["dataset"], data_dir=data_dir,
-                       validation_fraction=config["validation_fraction"], hparams=config)
+    config = resolve.resolve_config(experiment, options)
+    splits = training_run.load_data(config, data_dir)
     augment = experiments.hook(experiment, "augment")
-    pipes = data.pipelines(splits, config["batch_size"], augment=functools.partial(
+    pipes = pipeline.pipelines(splits, config["batch_size"], augment=functools.partial(
         _augment, augment, config) if augment else None)
     return experiment, config, pipes
 
@@ -91,5 +93,5 @@ def _augment(augment, config, image, label):
 
 def first_learning_rate(experiment, config: dict) -> float:
     """The learning rate of the experiment's first stage."""
-    from common import runner
-    return runner.stages_of(experiment, config)[0].learning_rate
+    from common.training import run as training_run
+    return training_run.stages_of(experiment, config)[0].learning_rate

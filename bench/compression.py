@@ -32,10 +32,10 @@ def _newest_run(results_dir: pathlib.Path):
 
 
 def _small_run(scratch: str) -> pathlib.Path:
-    from common import runner
-    from common.options import RunOptions
+    from common.modes import dispatch
+    from common.config.options import RunOptions
     data_dir = _util.mnist_like_data(None, "mnist", 600)[1]
-    metrics = runner.run(RunOptions(
+    metrics = dispatch.run(RunOptions(
         experiment="pruning_qat", data_dir=data_dir, results_dir=scratch, verbose=0,
         batch_size=32, hparams=("baseline_epochs=1", "pruning_epochs=1", "qat_epochs=1",
                                 "pruning_frequency=2")))
@@ -44,7 +44,7 @@ def _small_run(scratch: str) -> pathlib.Path:
 
 def main(argv):
     import numpy as np
-    from common import export
+    from common.deploy import tflite as tflite_lib
 
     with tempfile.TemporaryDirectory() as scratch:
         run = pathlib.Path(FLAGS.run) if FLAGS.run else _newest_run(pathlib.Path(FLAGS.results_dir))
@@ -57,13 +57,13 @@ def main(argv):
         if missing:
             sys.exit(f"compression: error: {missing[0]} does not exist")
         example = np.random.default_rng(0).uniform(0, 255, (28, 28, 1)).astype(np.float32)
-        xnnpack = export.latency_us(files, example, invocations=FLAGS.invocations,
+        xnnpack = tflite_lib.latency_us(files, example, invocations=FLAGS.invocations,
                                     rounds=FLAGS.rounds)
-        builtin = export.latency_us(files, example, invocations=FLAGS.invocations,
+        builtin = tflite_lib.latency_us(files, example, invocations=FLAGS.invocations,
                                     rounds=FLAGS.rounds, xnnpack=False)
-        sizes = {name: export.file_sizes(path) for name, path in files.items()}
+        sizes = {name: tflite_lib.file_sizes(path) for name, path in files.items()}
     figures = {
-        "run": str(run), "interpreter": export.INTERPRETER,
+        "run": str(run), "interpreter": tflite_lib.INTERPRETER,
         "latency_us_xnnpack": xnnpack, "latency_us_builtin": builtin, "sizes": sizes,
         "latency_ratio_xnnpack": xnnpack["int8"] / xnnpack["float"],
         "latency_ratio_builtin": builtin["int8"] / builtin["float"],

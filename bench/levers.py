@@ -33,24 +33,24 @@ FLAGS = flags.FLAGS
 
 
 def configurations(defaults: dict) -> dict[str, dict]:
-    from common import speed
+    from common.training import precision
     plain = {"steps_per_execution": 1, "jit_compile": False, "mixed_precision": "float32"}
     configs = {"plain": plain}
     for value in FLAGS.spe_values:
         configs[f"steps_per_execution={value}"] = {**plain, "steps_per_execution": int(value)}
     configs["jit_compile"] = {**plain, "jit_compile": True}
-    if speed.cpu_has_bfloat16():
+    if precision.cpu_has_bfloat16():
         configs["mixed_bfloat16"] = {**plain, "mixed_precision": "mixed_bfloat16"}
     configs["experiment defaults"] = {k: defaults[k] for k in plain}
     return configs
 
 
 def _rate(experiment, pipes, config, steps) -> float:
-    from common import fitting, speed
-    with speed.precision(config):
+    from common.training import optimizers, precision
+    with precision.precision(config):
         splits = pipes.splits
         model = experiment.build_model(config, splits.image_shape, splits.num_classes)
-        fitting.compile_model(model, config, _util.first_learning_rate(experiment, config),
+        optimizers.compile_model(model, config, _util.first_learning_rate(experiment, config),
                               10_000)
         data = pipes.train.repeat()
         spe = config["steps_per_execution"]

@@ -50,14 +50,16 @@ def _images_per_second(dataset, batches: int, batch_size: int) -> float:
 
 
 def measure(name: str, data_dir: str, dataset: str) -> dict:
-    from common import data, fitting, image_folder
+    from common.data import image_folder
+    from common.training import run as training_run
+    from common.training import optimizers
 
     experiment, config, pipes = _util.prepared(name, data_dir, dataset)
     figures = {}
     if dataset == image_folder.DATASET:  # the first read, with an empty cache
         with tempfile.TemporaryDirectory() as empty, mock.patch.dict(
                 os.environ, {image_folder.CACHE_ENV: empty}):
-            cold = data.load(dataset, data_dir, config["validation_fraction"], hparams=config)
+            cold = training_run.load_data(config, data_dir)
         cache = cold.report["cache"]
         figures["first_read_images_per_second"] = cache["decoded_files"] / cache["seconds"]
     batch = config["batch_size"]
@@ -69,7 +71,7 @@ def measure(name: str, data_dir: str, dataset: str) -> dict:
 
     splits = pipes.splits
     model = experiment.build_model(config, splits.image_shape, splits.num_classes)
-    fitting.compile_model(model, config, _util.first_learning_rate(experiment, config), 1000)
+    optimizers.compile_model(model, config, _util.first_learning_rate(experiment, config), 1000)
     one_batch = pipes.train.take(1).cache().repeat()
     model.fit(one_batch, steps_per_epoch=5, epochs=1, verbose=0)  # trace
     start = time.perf_counter()

@@ -69,19 +69,21 @@ def plain_fit_rates(x, y, config, epochs, batch_size):
 def main(argv):
     import numpy as np
     import experiments
-    from common import data, hparams, runner
-    from common.options import RunOptions
+    from common.config import hparams
+    from common.data import sources
+    from common.modes import dispatch
+    from common.config.options import RunOptions
 
     dataset, data_dir = _util.mnist_like_data(FLAGS.data_dir, FLAGS.dataset,
                                               FLAGS.fixture_examples)
     config = hparams.defaults(experiments.get("mnist_lenet").get_config())
-    splits = data.load(dataset, data_dir=data_dir, validation_fraction=config["validation_fraction"])
+    splits = sources.load(dataset, data_dir=data_dir, validation_fraction=config["validation_fraction"])
     x = np.stack([image.numpy() for image, _ in splits.train]).astype(np.float32)
     y = np.array([label.numpy() for _, label in splits.train])
     launched, plain = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(FLAGS.rounds):
-            metrics = runner.run(RunOptions(
+            metrics = dispatch.run(RunOptions(
                 experiment="mnist_lenet", dataset=dataset, data_dir=data_dir,
                 epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, results_dir=scratch,
                 verbose=0, seed=round_index, hparams=tuple(FLAGS.hparams)))

@@ -68,8 +68,8 @@ TINY = {
 
 
 def _tiny_run(name: str, scratch: str) -> pathlib.Path:
-    from common import runner
-    from common.options import RunOptions
+    from common.modes import dispatch
+    from common.config.options import RunOptions
     if name == "cifar_vgg_transfer":
         dataset, data_dir = "cifar10", _util.cifar_fixture(FLAGS.cifar_records_per_batch)
     else:
@@ -77,7 +77,7 @@ def _tiny_run(name: str, scratch: str) -> pathlib.Path:
                                                   FLAGS.fixture_examples)
     settings = TINY.get(name, dict(epochs=1))
     print(f"serving: {name}: no run given; training a tiny one on {data_dir}", flush=True)
-    metrics = runner.run(RunOptions(experiment=name, dataset=dataset, data_dir=data_dir,
+    metrics = dispatch.run(RunOptions(experiment=name, dataset=dataset, data_dir=data_dir,
                                     results_dir=scratch, run_name="bench", verbose=0,
                                     **settings))
     return pathlib.Path(scratch) / name / metrics["run"]
@@ -88,8 +88,8 @@ class TFLiteBatch:
     the input resized to the batch, float<->int8 handled at both ends."""
 
     def __init__(self, path: pathlib.Path, batch: int, threads: int):
-        from common import export
-        self.interpreter = export.interpreter(path, threads)
+        from common.deploy import tflite as tflite_lib
+        self.interpreter = tflite_lib.interpreter(path, threads)
         detail = self.interpreter.get_input_details()[0]
         self.interpreter.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
         self.interpreter.allocate_tensors()
@@ -114,21 +114,22 @@ def paths_of(run: pathlib.Path, batch: int, threads: int, images) -> dict:
     """{path name: a function of no arguments running one call at `batch`}."""
     import numpy as np
     import tensorflow as tf
-    from common import deploy, saved_runs
+    from common.deploy import serving
+    from common.runs import saved
     # Uncompiled: a model compiled with steps_per_execution > 1 (mnist_lenet's
     # 128) fails predict_on_batch (its loop wants that many batches).
-    model = saved_runs.load_keras_model(run, compile=False)
-    served = run / deploy.SAVED_MODEL_PATH
+    model = saved.load_keras_model(run, compile=False)
+    served = run / serving.SAVED_MODEL_PATH
     if not served.is_dir():
-        sys.exit(f"serving: error: {run} has no {deploy.SAVED_MODEL_PATH}; run launch.py "
+        sys.exit(f"serving: error: {run} has no {serving.SAVED_MODEL_PATH}; run launch.py "
                  f"--mode=export --run_name={run.name} first")
     serve = tf.saved_model.load(str(served)).signatures["serving_default"]
     as_float = images[:batch].astype(np.float32)
     as_uint8 = tf.constant(images[:batch])
     calls = {"keras": lambda: model.predict_on_batch(as_float),
              "saved_model": lambda: serve(as_uint8)}
-    tflite = {"tflite_float": run / deploy.TFLITE_PATH}
-    for entry in saved_runs.declared_models(run):
+    tflite = {"tflite_float": run / serving.TFLITE_PATH}
+    for entry in saved.declared_models(run):
         if entry["name"] == "int8_tflite":  # pruning_qat's int8 model
             tflite["tflite_int8"] = run / entry["path"]
     for name, path in tflite.items():
@@ -159,10 +160,10 @@ def side_by_side(calls: dict, rounds: int, seconds: float) -> dict[str, list[flo
 
 def measure(run: pathlib.Path) -> dict:
     import numpy as np
-    from common import saved_runs
-    config = saved_runs.read_config(run)
+    from common.runs import saved
+    config = saved.read_config(run)
     shape = tuple(config.get("image_shape") or
-                  saved_runs.load_keras_model(run, compile=False).input_shape[1:])
+                  saved.load_keras_model(run, compile=False).input_shape[1:])
     images = np.random.default_rng(0).integers(0, 256, (FLAGS.large_batch, *shape),
                                                dtype=np.uint8)
     threads = FLAGS.tflite_threads or os.cpu_count()
@@ -188,17 +189,17 @@ def paired_ratios(samples: dict[str, list[float]]) -> dict[str, float]:
 
 
 def _experiment_of(run: pathlib.Path) -> str:
-    from common import saved_runs
-    return saved_runs.read_config(run).get("experiment") or run.parent.name
+    from common.runs import saved
+    return saved.read_config(run).get("experiment") or run.parent.name
 
 
 def main(argv):
-    from common import saved_runs
+    from common.runs import saved
     from common.errors import UserError
     try:
         runs = {}
         for folder in FLAGS.runs:
-            run = saved_runs.finished(pathlib.Path(folder).expanduser())
+            run = saved.finished(pathlib.Path(folder).expanduser())
             runs[_experiment_of(run)] = run
     except UserError as e:
         sys.exit(f"serving: error: {e}")

@@ -1,4 +1,6 @@
-"""Shared pieces of every experiment: data, strategies, the runner, results.
+"""What every experiment shares, in layers (docs/architecture.md): config,
+data, distribute, runs, training, deploy, modes; each imports only from the
+layers below it.
 
 Importing this package first is what makes the whole project use tf_keras
 (Keras 2): TensorFlow Model Optimization only works with it, and its
@@ -19,10 +21,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # users; a caller who wants it can still set the variable explicitly.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Two library warnings whose advice does not apply here: pruning_qat keeps
-# its QAT model as HDF5 on purpose (TFMOT's quantize wrappers do not load
-# back from .keras), and a quantization-aware-trained model carries the input
-# ranges that TFLite's converter says it was not given.
+# Two library warnings whose advice does not apply here: a stage that keeps
+# a quantization-aware-trained model keeps it as HDF5 on purpose (TFMOT's
+# quantize wrappers do not load back from .keras), and such a model carries
+# the input ranges that TFLite's converter says it was not given.
 warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file",
                         category=UserWarning)
 warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected",

@@ -3,7 +3,7 @@
 The contract: a package `experiments/<name>/` provides two functions,
 
   get_config() -> dict
-      flat hyperparameters, extending common.hparams.SHARED (dataset,
+      flat hyperparameters, extending common.config.hparams.SHARED (dataset,
       batch_size, epochs, learning_rate, ...); a value is a plain default or
       an HParam with its valid range; the docstring says the command and the
       accuracy to expect
@@ -18,7 +18,7 @@ and may provide these hooks:
   augment(image, label, config)    training-only augmentation inside the
                                    tf.data pipeline (one uint8 example)
   stages(config) -> [Stage]        stretches of training run one after the
-                                   other by common/stages.py (default: one
+                                   other by common/training/stage_runner.py (default: one
                                    stage of `epochs` at `learning_rate`)
   finish(context) -> dict          a last step after training (export,
                                    measurement); what it returns joins

@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-from common import strategy as strategy_lib  # noqa: E402
+from common.distribute import strategy as strategy_lib  # noqa: E402
 
 NUM_TEST_CPU_DEVICES = 2
 strategy_lib.configure_cpu_devices(NUM_TEST_CPU_DEVICES)

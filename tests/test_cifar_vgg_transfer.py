@@ -11,9 +11,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import tf_keras
 
-from common import data, local_files, runner
+from common.data import local_files, pipeline, sources
+from common.modes import dispatch
 from common.errors import UserError
-from common.options import RunOptions
+from common.config.options import RunOptions
 from experiments.cifar_vgg_transfer import model as vgg_model
 from tests.fixtures import kill_when, history_epochs, write_cifar10_batches
 
@@ -67,8 +68,8 @@ def test_cifar10_folder_and_archive_read_the_same(tmp_path):
     folder = write_cifar10_batches(tmp_path / "a", records_per_batch=30, seed=3)
     archive = write_cifar10_batches(tmp_path / "b", records_per_batch=30, seed=3,
                                     archive=True)
-    from_folder = data.load("cifar10", data_dir=str(tmp_path / "a"))
-    from_archive = data.load("cifar10", data_dir=str(tmp_path / "b"))
+    from_folder = sources.load("cifar10", data_dir=str(tmp_path / "a"))
+    from_archive = sources.load("cifar10", data_dir=str(tmp_path / "b"))
     assert from_folder.source == str(folder) and from_archive.source == str(archive)
     assert (from_folder.num_train, from_folder.num_validation,
             from_folder.num_test) == (135, 15, 30)
@@ -94,7 +95,7 @@ def test_cifar10_bad_record_size_names_the_file(tmp_path):
     path = folder / "data_batch_3.bin"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(UserError, match="data_batch_3.bin: .* not a whole number of 3073"):
-        data.load("cifar10", data_dir=str(tmp_path))
+        sources.load("cifar10", data_dir=str(tmp_path))
 
 
 def test_cifar10_label_out_of_range_and_missing_file(tmp_path):
@@ -103,22 +104,22 @@ def test_cifar10_label_out_of_range_and_missing_file(tmp_path):
     raw[0] = 11
     (folder / "test_batch.bin").write_bytes(bytes(raw))
     with pytest.raises(UserError, match="test_batch.bin: label 11 outside 0..9"):
-        data.load("cifar10", data_dir=str(tmp_path))
+        sources.load("cifar10", data_dir=str(tmp_path))
     (folder / "test_batch.bin").unlink()
     with pytest.raises(UserError, match="lacks test_batch.bin"):
-        data.load("cifar10", data_dir=str(tmp_path))
+        sources.load("cifar10", data_dir=str(tmp_path))
 
 
 def test_corrupt_archive_is_named(tmp_path):
     (tmp_path / "cifar-10-binary.tar.gz").write_bytes(b"not a tar file")
     with pytest.raises(UserError, match="corrupt data file .*cifar-10-binary.tar.gz"):
-        data.load("cifar10", data_dir=str(tmp_path))
+        sources.load("cifar10", data_dir=str(tmp_path))
 
 
 def test_pad_crop_flip_keeps_shape_and_content():
     image = tf.reshape(tf.range(32 * 32 * 3, dtype=tf.int32) % 251 + 1, (32, 32, 3))
     image = tf.cast(image, tf.uint8)
-    outputs = [data.pad_crop_flip(image, 0)[0].numpy() for _ in range(8)]
+    outputs = [pipeline.pad_crop_flip(image, 0)[0].numpy() for _ in range(8)]
     assert all(o.shape == (32, 32, 3) and o.dtype == np.uint8 for o in outputs)
     assert any(not np.array_equal(o, image.numpy()) for o in outputs)
     # Every non-padding pixel comes from the original image.
@@ -149,13 +150,13 @@ def test_input_size_upsamples_into_the_base():
 
 
 def vgg_model_config():
-    from common import hparams
+    from common.config import hparams
     from experiments.cifar_vgg_transfer.config import get_config
     return hparams.defaults(get_config())
 
 
 def test_imagenet_without_network_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "network_available", lambda *a: False)
+    monkeypatch.setattr(sources, "network_available", lambda *a: False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no cached copy in ~/.keras
     with pytest.raises(UserError) as raised:
         vgg_model.build_model({**vgg_model_config(), "weights": "imagenet"}, (32, 32, 3), 10)
@@ -171,7 +172,7 @@ def test_imagenet_without_network_is_one_line(tmp_path, monkeypatch):
 ])
 def test_bad_settings_fail_before_a_run_folder(tmp_path, cifar_dir, overrides, needle):
     with pytest.raises(UserError, match=needle):
-        runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), **overrides))
+        dispatch.run(_options(tmp_path, data_dir=str(cifar_dir.parent), **overrides))
     assert not list((tmp_path / "results").glob("*/*"))
 
 
@@ -181,7 +182,7 @@ def test_bad_settings_fail_before_a_run_folder(tmp_path, cifar_dir, overrides, n
 def test_two_phases_on_mock_tfds_under_mirrored(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=48):
-        metrics = runner.run(_options(tmp_path, strategy="mirrored",
+        metrics = dispatch.run(_options(tmp_path, strategy="mirrored",
                                         data_dir=str(tmp_path / "tfds"), run_name="m",
                                         hparams=("phase1_epochs=2", "phase2_epochs=1",
                                                  "head_units=32")))
@@ -200,7 +201,7 @@ def test_two_phases_on_mock_tfds_under_mirrored(tmp_path):
 
 @pytest.mark.slow
 def test_epochs_flag_runs_that_many_in_every_phase(tmp_path, cifar_dir):
-    metrics = runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), epochs=1,
+    metrics = dispatch.run(_options(tmp_path, data_dir=str(cifar_dir.parent), epochs=1,
                                   hparams=("phase1_epochs=3", "phase2_epochs=2",
                                            "head_units=32")))
     assert [(p["first_epoch"], p["last_epoch"]) for p in metrics["stages"]] == [(0, 0), (1, 1)]
@@ -209,7 +210,7 @@ def test_epochs_flag_runs_that_many_in_every_phase(tmp_path, cifar_dir):
 
 @pytest.mark.slow
 def test_two_phases_on_cifar_files_under_mirrored(tmp_path, cifar_dir):
-    metrics = runner.run(_options(tmp_path, strategy="mirrored",
+    metrics = dispatch.run(_options(tmp_path, strategy="mirrored",
                                     data_dir=str(cifar_dir.parent)))
     assert metrics["num_replicas"] == 2 and metrics["data_source"] == str(cifar_dir)
     assert metrics["num_test_examples"] == 40
@@ -220,14 +221,14 @@ def test_two_phases_on_cifar_files_under_mirrored(tmp_path, cifar_dir):
 def test_weights_by_path_and_what_each_phase_trains(tmp_path, cifar_dir, weights_file):
     expected = _file_weights(weights_file)
     # Phase 1 only: every base weight is the file's, untouched by training.
-    runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p1",
+    dispatch.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p1",
                           weights=str(weights_file),
                           hparams=("phase1_epochs=1", "phase2_epochs=0", "head_units=32")))
     after_phase1 = _run_base_weights(tmp_path / "results/cifar_vgg_transfer/p1")
     for name, weights in expected.items():
         assert _same(after_phase1[name], weights), name
     # Both phases: block 5 (unfrozen) moved, blocks 1-4 did not.
-    runner.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p2",
+    dispatch.run(_options(tmp_path, data_dir=str(cifar_dir.parent), run_name="p2",
                           weights=str(weights_file),
                           hparams=FAST + ("phase2_learning_rate=0.001",)))
     after_phase2 = _run_base_weights(tmp_path / "results/cifar_vgg_transfer/p2")

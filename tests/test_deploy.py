@@ -23,14 +23,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import data, deploy, evaluation, export, images as image_io, local_files, models, runner, saved_runs
+from common.data import images as image_io, local_files, pipeline, sources
+from common.deploy import serving, tflite as tflite_lib
+from common.modes import dispatch
+from common.runs import saved
 from common.errors import UserError
-from common.options import RunOptions
+from common.config.options import RunOptions
 from tests.fixtures import (IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_cifar10_batches,
                             write_idx_dataset)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FASHION_MNIST = data.SYSTEM_DATASETS_DIR / "fashion-mnist"
+FASHION_MNIST = sources.SYSTEM_DATASETS_DIR / "fashion-mnist"
 BATCH = 256  # for scoring test splits
 
 
@@ -46,7 +49,7 @@ class Run:
 
 def train(results_dir: pathlib.Path, experiment: str, run_name: str, dataset: str,
           data_dir: Optional[str], **overrides) -> Run:
-    metrics = runner.run(RunOptions(experiment=experiment, dataset=dataset, data_dir=data_dir,
+    metrics = dispatch.run(RunOptions(experiment=experiment, dataset=dataset, data_dir=data_dir,
                                     results_dir=str(results_dir), run_name=run_name,
                                     verbose=0, **overrides))
     return Run(experiment, results_dir / experiment / run_name, metrics, dataset, data_dir)
@@ -144,7 +147,7 @@ def check_export_files(run: Run) -> None:
     labels = (run.path / "export/labels.txt").read_text().splitlines()
     assert labels == config["class_names"]
     assert labels == list(local_files.CLASS_NAMES[run.dataset])
-    signature = tf.saved_model.load(str(run.path / deploy.SAVED_MODEL_PATH)) \
+    signature = tf.saved_model.load(str(run.path / serving.SAVED_MODEL_PATH)) \
         .signatures["serving_default"]
     (spec,) = signature.structured_input_signature[1].values()
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, *config["image_shape"]]
@@ -158,17 +161,17 @@ def check_export_files(run: Run) -> None:
 def predictions(run: Run, images: np.ndarray) -> dict[str, np.ndarray]:
     """Predicted classes [N] of the Keras model, the SavedModel signature
     and the float TFLite model, on uint8 images [N, H, W, C]."""
-    model = saved_runs.load_keras_model(run.path, compile=False)
+    model = saved.load_keras_model(run.path, compile=False)
     keras = np.concatenate([np.argmax(model.predict_on_batch(
         images[i:i + BATCH].astype(np.float32)), -1) for i in range(0, len(images), BATCH)])
-    serve = tf.saved_model.load(str(run.path / deploy.SAVED_MODEL_PATH)) \
+    serve = tf.saved_model.load(str(run.path / serving.SAVED_MODEL_PATH)) \
         .signatures["serving_default"]
     served = [serve(tf.constant(images[i:i + BATCH])) for i in range(0, len(images), BATCH)]
     probabilities = np.concatenate([out["probabilities"].numpy() for out in served])
     classes = np.concatenate([out["classes"].numpy() for out in served])
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(classes, probabilities.argmax(-1))
-    tflite = export.TFLiteClassifier(run.path / deploy.TFLITE_PATH)
+    tflite = tflite_lib.TFLiteClassifier(run.path / serving.TFLITE_PATH)
     lite = np.array([np.argmax(tflite.invoke(tflite.prepare(image.astype(np.float32))))
                      for image in images])
     return {"keras": keras, "saved_model": classes, "tflite_float": lite}
@@ -178,8 +181,8 @@ def check_parity(run: Run, recorded_accuracy: float) -> dict[str, float]:
     """On the whole test split: each form predicts the Keras model's class
     for >= 99.9% of examples and its accuracy is within 0.1 point of the
     recorded one. Returns the accuracies."""
-    splits = data.load(run.dataset, data_dir=run.data_dir, validation_fraction=0.1)
-    images, labels = evaluation.split_arrays(splits.test)
+    splits = sources.load(run.dataset, data_dir=run.data_dir, validation_fraction=0.1)
+    images, labels = pipeline.split_arrays(splits.test)
     classes = predictions(run, images)
     accuracies = {}
     for name, predicted in classes.items():
@@ -200,7 +203,7 @@ def test_lenet_run_exports_and_the_three_forms_agree(lenet_run):
     if lenet_run.dataset == "fashion_mnist":  # a real model, not a constant
         assert accuracies["keras"] > 0.7
     # --mode=eval scores the exported forms too, from metrics.json's list.
-    payload = runner.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="lenet",
+    payload = dispatch.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="lenet",
                                     results_dir=str(lenet_run.path.parent.parent),
                                     dataset=lenet_run.dataset, data_dir=lenet_run.data_dir))
     scores = payload["models"]
@@ -242,7 +245,7 @@ def test_export_mode_adds_export_to_a_run_made_before(lenet_run, results_dir):
     options = RunOptions(experiment="mnist_lenet", mode="export", run_name="older",
                          results_dir=str(results_dir))
     for _ in range(2):  # exporting again replaces export/ and its entries
-        updated = runner.run(options)
+        updated = dispatch.run(options)
         run = dataclasses.replace(lenet_run, path=older)
         check_export_files(run)
         on_disk = strict_json(older / "metrics.json")
@@ -257,23 +260,23 @@ def test_export_mode_adds_export_to_a_run_made_before(lenet_run, results_dir):
 
 def test_export_mode_on_a_missing_run_is_a_user_error(results_dir):
     with pytest.raises(UserError, match="no run .*nosuch"):
-        runner.run(RunOptions(experiment="mnist_lenet", mode="export", run_name="nosuch",
+        dispatch.run(RunOptions(experiment="mnist_lenet", mode="export", run_name="nosuch",
                               results_dir=str(results_dir)))
 
 
 def test_a_mixed_precision_model_exports_with_a_float32_tflite_file(tmp_path):
-    from common import speed
+    from common.training import precision
     from experiments.mnist_lenet.model import build_model
-    with speed.precision({"mixed_precision": "mixed_bfloat16"}):
+    with precision.precision({"mixed_precision": "mixed_bfloat16"}):
         model = build_model({"dropout": 0.0}, (28, 28, 1), 10)
-        outcome = deploy.export_model(tmp_path, model, [str(i) for i in range(10)], (28, 28, 1))
+        outcome = serving.export_model(tmp_path, model, [str(i) for i in range(10)], (28, 28, 1))
     assert [item["format"] for item in outcome["exported"]] == ["saved_model", "tflite",
                                                                 "labels"]
-    copy = models.as_float32(model)
+    copy = precision.as_float32(model)
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
     assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in model.layers}
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
-    tflite = export.TFLiteClassifier(tmp_path / deploy.TFLITE_PATH)
+    tflite = tflite_lib.TFLiteClassifier(tmp_path / serving.TFLITE_PATH)
     lite = np.stack([tflite.invoke(tflite.prepare(image.astype(np.float32))) for image in images])
     np.testing.assert_allclose(lite, copy.predict_on_batch(images.astype(np.float32)),
                                atol=1e-4)
@@ -299,12 +302,12 @@ test_images.__test__ = False  # a helper, not a test
 
 
 def keras_probabilities(run: Run, images: np.ndarray) -> np.ndarray:
-    model = saved_runs.load_keras_model(run.path, compile=False)
+    model = saved.load_keras_model(run.path, compile=False)
     return tf.nn.softmax(model.predict_on_batch(images.astype(np.float32))).numpy()
 
 
 def predict(run: Run, inputs, **overrides) -> dict:
-    return runner.run(RunOptions(experiment=run.experiment, mode="predict",
+    return dispatch.run(RunOptions(experiment=run.experiment, mode="predict",
                                  run_name=run.path.name, results_dir=str(run.path.parent.parent),
                                  inputs=str(inputs), **overrides))
 
@@ -378,7 +381,7 @@ def test_predict_marks_bad_files_skipped_and_converts_the_others(lenet_run, tmp_
     assert "alpha flattened" in rows["h-rgba.png"]["note"]
     # Converted files predict as their 28x28 grey originals do (R=G=B gives
     # the grey back); the enlarged one as the Keras model does on its resize
-    # by common/images.py, the conversion image folders get for training too.
+    # by common/data/images.py, the conversion image folders get for training too.
     shrunk = image_io.convert(big[..., None], 1, (28, 28))[0]
     originals = np.concatenate([images[:2, ..., None], shrunk[None], images[3:, ..., None]])
     expected = keras_probabilities(lenet_run, originals)

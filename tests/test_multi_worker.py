@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def cluster(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "common.local_cluster", "--workers=2",
+    return subprocess.run([sys.executable, "-m", "common.distribute.local_cluster", "--workers=2",
                            "--", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -67,7 +67,7 @@ def test_two_workers_train_one_run_with_identical_weights(tmp_path, idx_dir):
 def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=1600, num_test=100)
     epochs = 20
-    args = [sys.executable, "-u", "-m", "common.local_cluster", "--workers=2", "--",
+    args = [sys.executable, "-u", "-m", "common.distribute.local_cluster", "--workers=2", "--",
             "--experiment=mnist_lenet", f"--data_dir={folder}",
             f"--results_dir={tmp_path / 'results'}", f"--epochs={epochs}",
             "--batch_size=32", "--run_name=ft", "--verbose=2"]
@@ -142,6 +142,6 @@ def test_a_lone_worker_stops_after_cluster_timeout_naming_the_missing_one(tmp_pa
 
 
 def test_local_cluster_without_launch_flags_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "common.local_cluster", "--workers=2"],
+    result = subprocess.run([sys.executable, "-m", "common.distribute.local_cluster", "--workers=2"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "pass launch.py's flags after --" in result.stderr

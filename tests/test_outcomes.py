@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tf_keras
 
-from common import fitting, runner, speed
+from common.modes import dispatch
+from common.training import callbacks as callback_lib, precision
 from common.errors import UserError
-from common.options import RunOptions
+from common.config.options import RunOptions
 from experiments.pruning_qat import model as compression
 from tests.fixtures import write_idx_dataset
 
@@ -65,12 +66,12 @@ def test_every_example_is_scored_once_when_the_last_batch_is_smaller_than_the_re
     # batch 64 over 2 replicas the last validation batch holds 1 example and
     # the last test batch 35.
     folder = write_idx_dataset(tmp_path / "idx", num_train=650, num_test=99)
-    metrics = runner.run(RunOptions(
+    metrics = dispatch.run(RunOptions(
         experiment="mnist_lenet", data_dir=str(folder), results_dir=str(tmp_path / "r"),
         strategy="mirrored", epochs=1, batch_size=64, verbose=0, run_name="odd"))
     assert metrics["num_replicas"] == 2
     assert (metrics["num_validation_examples"], metrics["num_test_examples"]) == (65, 99)
-    evaluated = runner.run(RunOptions(
+    evaluated = dispatch.run(RunOptions(
         experiment="mnist_lenet", mode="eval", data_dir=str(folder),
         results_dir=str(tmp_path / "r"), strategy="mirrored", batch_size=64, run_name="odd"))
     assert evaluated["models"]["model"]["examples"] == 99
@@ -78,9 +79,9 @@ def test_every_example_is_scored_once_when_the_last_batch_is_smaller_than_the_re
         metrics["test_accuracy"], abs=1e-6)
     # The same figures as one replica over unpadded data, example by example.
     model = tf_keras.models.load_model(tmp_path / "r/mnist_lenet/odd/model/model.keras")
-    from common import data
+    from common.data import sources
     images, labels = zip(*[(x.numpy(), y.numpy())
-                           for x, y in data.load("mnist", data_dir=str(folder)).test])
+                           for x, y in sources.load("mnist", data_dir=str(folder)).test])
     logits = model.predict(np.stack(images).astype(np.float32), verbose=0)
     assert metrics["test_accuracy"] == pytest.approx(
         float((logits.argmax(1) == np.array(labels)).mean()), abs=1e-6)
@@ -101,7 +102,7 @@ def _scripted_early_stopping(losses, state_dir, first_epoch, callback=None):
     ResumableEarlyStopping on a one-weight model whose weight is the epoch;
     returns the callback and the epoch it stopped after (or None)."""
     model = tf_keras.Sequential([tf_keras.layers.Dense(1, use_bias=False, input_shape=(1,))])
-    early = callback or fitting.ResumableEarlyStopping(2, state_dir)
+    early = callback or callback_lib.ResumableEarlyStopping(2, state_dir)
     early.set_model(model)
     early.on_train_begin()
     for epoch in range(first_epoch, len(losses)):
@@ -127,7 +128,7 @@ def test_early_stopping_resumes_with_its_patience_and_best_weights(tmp_path):
 
 
 def test_a_run_stopped_early_says_so_with_its_real_epochs(tmp_path, idx_dir):
-    metrics = runner.run(RunOptions(
+    metrics = dispatch.run(RunOptions(
         experiment="mnist_lenet", data_dir=str(idx_dir), results_dir=str(tmp_path),
         epochs=30, batch_size=16, verbose=0, run_name="es",
         hparams=("early_stopping_patience=1", "learning_rate=0.05", "lr_schedule=constant",
@@ -147,7 +148,7 @@ def test_a_run_stopped_early_says_so_with_its_real_epochs(tmp_path, idx_dir):
 def test_a_short_pruning_stage_still_reaches_its_target_sparsity(tmp_path, idx_dir, caplog):
     # 540 training images at batch 64: 8 steps, far fewer than pruning_frequency=50.
     caplog.set_level(logging.INFO, logger="absl")
-    metrics = runner.run(RunOptions(
+    metrics = dispatch.run(RunOptions(
         experiment="pruning_qat", data_dir=str(idx_dir), results_dir=str(tmp_path),
         batch_size=64, verbose=0, run_name="short",
         hparams=("baseline_epochs=1", "pruning_epochs=1", "qat_epochs=0",
@@ -163,7 +164,7 @@ def test_a_short_pruning_stage_still_reaches_its_target_sparsity(tmp_path, idx_d
 def test_an_impossible_pruning_schedule_is_refused_before_any_folder(tmp_path, idx_dir):
     with pytest.raises(UserError, match="pruning_end_step=100 is past the pruning stage's "
                                         "last step \\(7; 8 steps"):
-        runner.run(RunOptions(
+        dispatch.run(RunOptions(
             experiment="pruning_qat", data_dir=str(idx_dir), results_dir=str(tmp_path),
             batch_size=64, verbose=0, hparams=("pruning_epochs=1", "pruning_end_step=100")))
     assert not list(tmp_path.glob("*/*"))
@@ -171,8 +172,8 @@ def test_an_impossible_pruning_schedule_is_refused_before_any_folder(tmp_path, i
 
 @pytest.mark.slow
 def test_compression_of_a_bfloat16_model_runs_in_float32(tmp_path, idx_dir, monkeypatch):
-    monkeypatch.setattr(speed, "cpu_has_bfloat16", lambda: True)
-    metrics = runner.run(RunOptions(
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
+    metrics = dispatch.run(RunOptions(
         experiment="pruning_qat", data_dir=str(idx_dir), results_dir=str(tmp_path),
         batch_size=32, verbose=0, run_name="bf16", mixed_precision="mixed_bfloat16",
         hparams=("baseline_epochs=1", "pruning_epochs=1", "qat_epochs=1",
@@ -211,10 +212,10 @@ def test_a_vgg16_transfer_run_compresses_end_to_end(tmp_path):
     write_cifar10_batches(tmp_path / "cifar", records_per_batch=24)
     common = dict(results_dir=str(tmp_path / "r"), data_dir=str(tmp_path / "cifar"),
                   batch_size=16, verbose=0)
-    runner.run(RunOptions(experiment="cifar_vgg_transfer", weights="none", run_name="vgg",
+    dispatch.run(RunOptions(experiment="cifar_vgg_transfer", weights="none", run_name="vgg",
                           hparams=("phase1_epochs=1", "phase2_epochs=0", "head_units=16"),
                           **common))
-    metrics = runner.run(RunOptions(
+    metrics = dispatch.run(RunOptions(
         experiment="pruning_qat", dataset="cifar10", run_name="vgg-int8",
         init_from=str(tmp_path / "r/cifar_vgg_transfer/vgg"),
         hparams=("pruning_epochs=1", "qat_epochs=1", "final_sparsity=0.5",
@@ -238,8 +239,8 @@ def test_a_vgg16_transfer_run_compresses_end_to_end(tmp_path):
 
 
 def test_strict_json_everywhere(tmp_path):
-    from common import results
-    results.write_json_atomic(tmp_path / "x.json", {"a": math.nan, "b": [math.inf, 1.0]})
+    from common.runs import files
+    files.write_json_atomic(tmp_path / "x.json", {"a": math.nan, "b": [math.inf, 1.0]})
     assert _strict(tmp_path / "x.json") == {"a": None, "b": [None, 1.0]}
 
 
@@ -262,7 +263,7 @@ def test_latency_of_a_slow_model_takes_about_a_second_a_round(monkeypatch):
     """A VGG16-sized model is timed in fewer calls per round (500 calls of
     tens of milliseconds would take minutes a round); a fast one makes all."""
     import time
-    from common import export
+    from common.deploy import tflite as tflite_lib
     calls = {"slow": 0, "fast": 0}
 
     class Fake:
@@ -276,8 +277,8 @@ def test_latency_of_a_slow_model_takes_about_a_second_a_round(monkeypatch):
             calls[self.name] += 1
             time.sleep(0.02 if self.name == "slow" else 0.0)
 
-    monkeypatch.setattr(export, "TFLiteClassifier", Fake)
-    latency = export.latency_us({"slow": "slow", "fast": "fast"}, np.zeros((2, 2, 1)),
+    monkeypatch.setattr(tflite_lib, "TFLiteClassifier", Fake)
+    latency = tflite_lib.latency_us({"slow": "slow", "fast": "fast"}, np.zeros((2, 2, 1)),
                                 invocations=100, rounds=3, round_seconds=0.1)
     assert latency["slow"] == pytest.approx(20_000, rel=0.5)
     assert calls["slow"] <= 20 + 3 * 6   # warm-up, then about 0.1 s a round

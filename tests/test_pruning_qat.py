@@ -8,9 +8,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import tf_keras
 
-from common import export, runner
+from common.deploy import tflite as tflite_lib
+from common.modes import dispatch
 from common.errors import UserError
-from common.options import RunOptions
+from common.config.options import RunOptions
 from experiments.pruning_qat import model as compression
 from tests.fixtures import write_idx_dataset
 
@@ -37,7 +38,7 @@ def idx_dir(tmp_path_factory):
 def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
-        metrics = runner.run(_options(tmp_path, strategy=strategy, run_name="r",
+        metrics = dispatch.run(_options(tmp_path, strategy=strategy, run_name="r",
                                         data_dir=str(tmp_path / "tfds")))
     assert metrics["num_replicas"] == replicas and metrics["status"] == "completed"
     rows = {row["name"]: row for row in metrics["models_measured"]}
@@ -45,13 +46,20 @@ def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
     assert [s["name"] for s in metrics["stages"]] == ["baseline", "pruned", "pqat"]
     assert all(s["strategy"] == metrics["strategy"] for s in metrics["stages"])
     for row in rows.values():
-        assert row["num_test_examples"] == 64 and row["bytes"] > 0
+        assert row["num_test_examples"] == 64
+    run_dir = tmp_path / "results" / "pruning_qat" / "r"
+    # Sizes are the files' own; int8 stores a byte where float stores four.
+    for name, file in (("float_tflite", "baseline_float"), ("int8_tflite", "pqat_int8")):
+        assert rows[name]["bytes"] == (run_dir / "model" / f"{file}.tflite").stat().st_size
+    assert rows["int8_tflite"]["bytes"] < rows["float_tflite"]["bytes"] / 2
     # The headline figures are the int8 TFLite model's.
     assert metrics["test_accuracy"] == rows["int8_tflite"]["test_accuracy"]
-    assert rows["int8_tflite"]["latency_us"] > 0 and rows["float_tflite"]["latency_us"] > 0
-    run_dir = tmp_path / "results" / "pruning_qat" / "r"
+    int8, float_ = rows["int8_tflite"], rows["float_tflite"]
+    assert int8["latency_ratio_vs_float"] == pytest.approx(
+        int8["latency_us"] / float_["latency_us"])
+    assert 0.1 < int8["latency_us"] < 1e6 and 0.1 < float_["latency_us"] < 1e6  # µs, measured
     for name in ("baseline_float", "pqat_int8", "pqat_int8_integer_io"):
-        classifier = export.TFLiteClassifier(run_dir / "model" / f"{name}.tflite")
+        classifier = tflite_lib.TFLiteClassifier(run_dir / "model" / f"{name}.tflite")
         logits = classifier.invoke(classifier.prepare(np.zeros((28, 28, 1), np.float32)))
         assert logits.shape == (10,) and np.isfinite(logits).all()
     assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2]
@@ -67,7 +75,7 @@ def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
     assert not (run_dir / "stages").exists() and not (run_dir / "backup").exists()
     # Every declared model scores again in --mode=eval as it did in training.
     with tfds.testing.mock_data(num_examples=64):
-        evaluated = runner.run(_options(tmp_path, mode="eval", run_name="r",
+        evaluated = dispatch.run(_options(tmp_path, mode="eval", run_name="r",
                                         data_dir=str(tmp_path / "tfds")))
     declared = {m["name"] for m in metrics["models"]}
     assert declared == set(evaluated["models"]) >= {"model", "baseline", "pruned",
@@ -85,7 +93,7 @@ def _zero_masks_keras(model):
 
 
 def _zero_masks_tflite(path):
-    instance = export.interpreter(path, xnnpack=False)
+    instance = tflite_lib.interpreter(path, xnnpack=False)
     masks = []
     for op in instance._get_ops_details():
         if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
@@ -97,7 +105,7 @@ def _zero_masks_tflite(path):
 
 @pytest.mark.slow
 def test_sparsity_survives_qat_and_int8_export(tmp_path, idx_dir):
-    metrics = runner.run(_options(
+    metrics = dispatch.run(_options(
         tmp_path, data_dir=str(idx_dir), run_name="s",
         hparams=FAST + ("final_sparsity=0.5", "qat_learning_rate=0.001")))
     rows = {row["name"]: row for row in metrics["models_measured"]}
@@ -145,10 +153,10 @@ def test_pqat_training_keeps_pruned_zeros(tmp_path, idx_dir):
 
 @pytest.mark.slow
 def test_init_from_a_finished_run_skips_baseline_training(tmp_path, idx_dir):
-    lenet = runner.run(RunOptions(
+    lenet = dispatch.run(RunOptions(
         experiment="mnist_lenet", results_dir=str(tmp_path / "results"), epochs=1,
         batch_size=16, verbose=0, data_dir=str(idx_dir), run_name="lenet"))
-    metrics = runner.run(_options(
+    metrics = dispatch.run(_options(
         tmp_path, data_dir=str(idx_dir), run_name="from-lenet",
         init_from=str(tmp_path / "results" / "mnist_lenet" / "lenet")))
     stages = {s["name"]: s for s in metrics["stages"]}
@@ -165,7 +173,7 @@ def test_init_from_a_finished_run_skips_baseline_training(tmp_path, idx_dir):
 ])
 def test_bad_settings_are_one_line(tmp_path, idx_dir, overrides, needle):
     with pytest.raises(UserError, match=needle):
-        runner.run(_options(tmp_path, data_dir=str(idx_dir), **overrides))
+        dispatch.run(_options(tmp_path, data_dir=str(idx_dir), **overrides))
 
 
 @pytest.mark.slow

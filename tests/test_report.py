@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from common import report
+from common.runs import report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -110,7 +110,7 @@ def test_a_malformed_metrics_file_is_skipped_with_one_line(tmp_path, content, ca
 
 def test_report_command(tmp_path):
     make_results(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "common.report",
+    result = subprocess.run([sys.executable, "-m", "common.runs.report",
                              f"--results_dir={tmp_path}"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -121,7 +121,7 @@ def test_report_command(tmp_path):
 def test_unwritable_report_is_one_line(tmp_path):
     make_results(tmp_path)
     (tmp_path / "report.md").mkdir()  # unwritable as a file, even for root
-    result = subprocess.run([sys.executable, "-m", "common.report",
+    result = subprocess.run([sys.executable, "-m", "common.runs.report",
                              f"--results_dir={tmp_path}"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -133,7 +133,7 @@ def test_unwritable_report_is_one_line(tmp_path):
 def test_report_without_runs_and_without_folder(tmp_path):
     text, markdown = report.build_report(tmp_path)
     assert "no finished runs" in text and "no finished runs" in markdown
-    result = subprocess.run([sys.executable, "-m", "common.report",
+    result = subprocess.run([sys.executable, "-m", "common.runs.report",
                              f"--results_dir={tmp_path / 'nope'}"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "does not exist" in result.stderr

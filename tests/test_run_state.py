@@ -11,9 +11,12 @@ import time
 
 import pytest
 
-from common import results, runner
+from common.config import resolve
+from common.modes import dispatch
+from common.runs import files
+from common.runs.lock import Lock
 from common.errors import UserError
-from common.options import RunOptions
+from common.config.options import RunOptions
 from tests.fixtures import history_epochs, kill_when, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -63,16 +66,16 @@ def test_a_second_process_on_a_running_run_is_refused_at_once(tmp_path, idx_dir)
         first.send_signal(signal.SIGKILL)
         first.wait()
     # The owner died: its lock went with it, so the same command resumes.
-    assert results.Lock(run_dir, "run").acquire().release() is None
+    assert Lock(run_dir, "run").acquire().release() is None
 
 
 def test_a_sweep_has_one_owner(tmp_path):
     sweep = tmp_path / "mnist_lenet" / "s"
     sweep.mkdir(parents=True)
-    held = results.Lock(sweep, "sweep").acquire()
+    held = Lock(sweep, "sweep").acquire()
     try:
         with pytest.raises(UserError, match=f"sweep {sweep} is in use by pid {os.getpid()}"):
-            runner.run(RunOptions(experiment="mnist_lenet", mode="tune", tuner="random",
+            dispatch.run(RunOptions(experiment="mnist_lenet", mode="tune", tuner="random",
                                   sweep_name="s", results_dir=str(tmp_path)))
     finally:
         held.release()
@@ -91,7 +94,7 @@ def test_names_that_leave_their_folder_are_refused_before_anything_is_written(
     options = RunOptions(experiment="mnist_lenet", mode=mode, results_dir=str(tmp_path / "r"),
                          **{flag: name})
     with pytest.raises(UserError, match=f"--{flag}"):
-        runner.run(options)
+        dispatch.run(options)
     assert not (tmp_path / "r").exists()
 
 
@@ -117,7 +120,7 @@ def test_names_that_leave_their_folder_are_refused_before_anything_is_written(
 def test_invalid_values_are_refused_before_any_folder_exists(tmp_path, idx_dir, experiment,
                                                              hparams, needle):
     with pytest.raises(UserError) as raised:
-        runner.run(RunOptions(experiment=experiment, hparams=hparams, data_dir=str(idx_dir),
+        dispatch.run(RunOptions(experiment=experiment, hparams=hparams, data_dir=str(idx_dir),
                               results_dir=str(tmp_path / "r"), weights="none"
                               if experiment == "cifar_vgg_transfer" else None))
     assert needle in str(raised.value) and "\n" not in str(raised.value)
@@ -127,7 +130,7 @@ def test_invalid_values_are_refused_before_any_folder_exists(tmp_path, idx_dir, 
 def test_an_empty_test_split_is_refused_before_training(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=0)
     with pytest.raises(UserError, match="test split .* is empty"):
-        runner.run(RunOptions(experiment="mnist_lenet", data_dir=str(folder), batch_size=16,
+        dispatch.run(RunOptions(experiment="mnist_lenet", data_dir=str(folder), batch_size=16,
                               results_dir=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
 
@@ -190,12 +193,12 @@ def test_a_deleted_backup_says_it_restarts(tmp_path, idx_dir, caplog):
     run_dir.mkdir(parents=True)
     options = RunOptions(experiment="mnist_lenet", data_dir=str(idx_dir), epochs=2,
                          batch_size=64, results_dir=str(tmp_path), run_name="gone", verbose=0)
-    config = runner.resolve_config(__import__("experiments").get("mnist_lenet"), options)
-    results.write_json_atomic(run_dir / "config.json", {
+    config = resolve.resolve_config(__import__("experiments").get("mnist_lenet"), options)
+    files.write_json_atomic(run_dir / "config.json", {
         "hparams": config, "data": {"dataset": "mnist", "data_dir": str(idx_dir.resolve()),
                                     "source": str(idx_dir)}})
-    results.write_history(run_dir, [{"epoch": 0, "loss": 1.0}])  # no backup beside it
-    metrics = runner.run(options)
+    files.write_history(run_dir, [{"epoch": 0, "loss": 1.0}])  # no backup beside it
+    metrics = dispatch.run(options)
     assert [row["epoch"] for row in metrics["history"]] == [0, 1]
     assert any("no backup to resume from; restarting" in r.message for r in caplog.records)
 
@@ -206,12 +209,12 @@ def test_resuming_with_other_data_is_refused(tmp_path, idx_dir):
     run_dir.mkdir(parents=True)
     options = RunOptions(experiment="mnist_lenet", data_dir=str(idx_dir),
                          results_dir=str(tmp_path / "r"), run_name="x")
-    config = runner.resolve_config(__import__("experiments").get("mnist_lenet"), options)
-    results.write_json_atomic(run_dir / "config.json", {
+    config = resolve.resolve_config(__import__("experiments").get("mnist_lenet"), options)
+    files.write_json_atomic(run_dir / "config.json", {
         "hparams": config, "data": {"dataset": "mnist", "data_dir": str(idx_dir.resolve()),
                                     "source": str(idx_dir)}})
     with pytest.raises(UserError, match="started on other data"):
-        runner.run(RunOptions(experiment="mnist_lenet", data_dir=str(other),
+        dispatch.run(RunOptions(experiment="mnist_lenet", data_dir=str(other),
                               results_dir=str(tmp_path / "r"), run_name="x"))
 
 
@@ -222,24 +225,24 @@ def test_eval_of_an_unfinished_or_damaged_run_is_one_line(tmp_path, idx_dir):
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
     with pytest.raises(UserError, match="is not finished"):
-        runner.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
+        dispatch.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
                               results_dir=str(tmp_path), data_dir=str(idx_dir)))
     assert not (run_dir / "eval.json").exists()
     with pytest.raises(UserError, match="config.json: no hparams object"):
         (run_dir / "metrics.json").write_text('{"status": "completed"}')
-        runner.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
+        dispatch.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
                               results_dir=str(tmp_path), data_dir=str(idx_dir)))
     (run_dir / "config.json").write_text('{"hparams": {"dataset": "mnist"}}')
     (run_dir / "metrics.json").write_text('{"status": "completed", "models": '
                                           '[{"name": "model", "format": "keras", '
                                           '"path": "model/model.keras"}]}')
     with pytest.raises(UserError, match="which is missing"):
-        runner.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
+        dispatch.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
                               results_dir=str(tmp_path), data_dir=str(idx_dir)))
     (run_dir / "model").mkdir()
     (run_dir / "model" / "model.keras").write_bytes(b"not a model")
     with pytest.raises(UserError, match="cannot"):
-        runner.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
+        dispatch.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
                               results_dir=str(tmp_path), data_dir=str(idx_dir)))
 
 
@@ -322,8 +325,9 @@ def _backup_tree(run_dir: pathlib.Path) -> pathlib.Path:
 @pytest.mark.parametrize("chief", [True, False])
 def test_a_finished_stage_drops_only_its_own_backup(tmp_path, monkeypatch, chief):
     import tensorflow as tf
-    from common import stage_runner, strategy as strategy_lib
-    from common.stages import Stage
+    from common.distribute import strategy as strategy_lib
+    from common.training import stage_runner
+    from common.training.stages import Stage
     run_dir = tmp_path / "run"
     stage_dir = _backup_tree(run_dir)
     write_dir = run_dir if chief else run_dir / "workertemp_1"

@@ -8,9 +8,11 @@ import tensorflow_datasets as tfds
 import tf_keras
 
 import experiments
-from common import results, runner
+from common.config import resolve
+from common.modes import dispatch
+from common.runs import files
 from common.errors import UserError
-from common.options import RunOptions
+from common.config.options import RunOptions
 from tests.fixtures import write_idx_dataset
 
 
@@ -42,7 +44,7 @@ def _scalar_tags(folder):
 def test_mirrored_run_on_mock_tfds_leaves_a_complete_run_folder(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
-        metrics = runner.run(_options(tmp_path, strategy="mirrored",
+        metrics = dispatch.run(_options(tmp_path, strategy="mirrored",
                                         data_dir=str(tmp_path / "tfds"),
                                         run_name="mock"))
     run_dir = tmp_path / "results" / "mnist_lenet" / "mock"
@@ -75,7 +77,7 @@ def test_mirrored_run_on_mock_tfds_leaves_a_complete_run_folder(tmp_path):
 
 def test_loss_falls_on_learnable_fixture_data(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=800, num_test=200)
-    metrics = runner.run(_options(tmp_path, epochs=4, batch_size=32,
+    metrics = dispatch.run(_options(tmp_path, epochs=4, batch_size=32,
                                     data_dir=str(folder)))
     losses = [row["loss"] for row in metrics["history"]]
     assert losses[-1] < losses[0] * 0.5
@@ -86,13 +88,13 @@ def test_loss_falls_on_learnable_fixture_data(tmp_path):
 
 def test_runs_never_overwrite_each_other(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
-    first = runner.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
-    second = runner.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
+    first = dispatch.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
+    second = dispatch.run(_options(tmp_path, epochs=1, data_dir=str(folder)))
     assert first["run"] != second["run"]
     runs = sorted(p.name for p in (tmp_path / "results" / "mnist_lenet").iterdir())
     assert runs == sorted([first["run"], second["run"]])
     with pytest.raises(UserError, match="already finished"):
-        runner.run(_options(tmp_path, epochs=1, data_dir=str(folder),
+        dispatch.run(_options(tmp_path, epochs=1, data_dir=str(folder),
                               run_name=first["run"]))
 
 
@@ -100,18 +102,18 @@ def test_unfinished_run_with_other_hparams_is_not_resumed(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
     run_dir = tmp_path / "results" / "mnist_lenet" / "half"
     run_dir.mkdir(parents=True)
-    config = runner.resolve_config(experiments.get("mnist_lenet"),
+    config = resolve.resolve_config(experiments.get("mnist_lenet"),
                                    _options(tmp_path, epochs=3))
-    results.write_json_atomic(run_dir / "config.json", {"hparams": config})
+    files.write_json_atomic(run_dir / "config.json", {"hparams": config})
     with pytest.raises(UserError, match=r"different hyperparameters \(epochs\)"):
-        runner.run(_options(tmp_path, epochs=1, data_dir=str(folder), run_name="half"))
+        dispatch.run(_options(tmp_path, epochs=1, data_dir=str(folder), run_name="half"))
 
 
 def test_eval_mode_scores_the_saved_model(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=400, num_test=100)
-    trained = runner.run(_options(tmp_path, epochs=2, data_dir=str(folder),
+    trained = dispatch.run(_options(tmp_path, epochs=2, data_dir=str(folder),
                                     run_name="t"))
-    evaluated = runner.run(_options(tmp_path, mode="eval", data_dir=str(folder),
+    evaluated = dispatch.run(_options(tmp_path, mode="eval", data_dir=str(folder),
                                     run_name="t"))
     score = evaluated["models"]["model"]
     assert score["accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-6)
@@ -123,9 +125,9 @@ def test_eval_mode_scores_the_saved_model(tmp_path):
 
 def test_bad_hparam_and_batch_fail_before_any_run_folder(tmp_path):
     with pytest.raises(UserError, match="'dropot'"):
-        runner.run(_options(tmp_path, hparams=("dropot=0.1",)))
+        dispatch.run(_options(tmp_path, hparams=("dropot=0.1",)))
     with pytest.raises(UserError, match="batch size 15 does not divide across 2"):
-        runner.run(_options(tmp_path, strategy="mirrored", batch_size=15))
+        dispatch.run(_options(tmp_path, strategy="mirrored", batch_size=15))
     assert not (tmp_path / "results").exists()
 
 

@@ -3,14 +3,17 @@ import json
 import pytest
 import tensorflow as tf
 
-from common import clusters, strategy as strategy_lib
+from common.distribute import strategy as strategy_lib, tf_config
 from common.errors import UserError
 from tests.conftest import NUM_TEST_CPU_DEVICES
 
 
-def test_default_strategy_is_never_none():
+def test_default_strategy_is_tensorflows_own_and_runs_one_replica():
     strategy = strategy_lib.get_strategy("default")
-    assert strategy is not None and strategy.num_replicas_in_sync == 1
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy_lib.strategy_name(strategy) == "DefaultStrategy"
+    values = strategy.experimental_local_results(strategy.run(lambda: tf.constant(3.0)))
+    assert [float(v) for v in values] == [3.0]  # one replica, the step ran once
 
 
 def test_mirrored_runs_one_replica_per_logical_cpu():
@@ -61,7 +64,7 @@ def test_tpu_without_tpu_is_one_line():
 WORKERS = {"worker": ["127.0.0.1:1111", "127.0.0.1:1112"]}
 
 
-@pytest.mark.parametrize("tf_config, needle", [
+@pytest.mark.parametrize("raw, needle", [
     ("{not json", "TF_CONFIG is not JSON"),
     (json.dumps({"cluster": WORKERS}), "TF_CONFIG has no task"),
     (json.dumps({"cluster": WORKERS, "task": {"type": "worker", "index": 2}}),
@@ -75,9 +78,9 @@ WORKERS = {"worker": ["127.0.0.1:1111", "127.0.0.1:1112"]}
     (json.dumps({"cluster": {"chief": ["a:1", "b:2"]}, "task": {"type": "chief"}}),
      "more than one chief"),
 ])
-def test_tf_config_mistakes_are_one_line(tf_config, needle):
+def test_tf_config_mistakes_are_one_line(raw, needle):
     with pytest.raises(UserError) as raised:
-        clusters.parse_tf_config(tf_config)
+        tf_config.parse_tf_config(raw)
     assert needle in str(raised.value) and "\n" not in str(raised.value)
 
 
@@ -87,7 +90,7 @@ def test_tf_config_mistakes_are_one_line(tf_config, needle):
     (WORKERS, {"type": "worker", "index": 1}),
 ])
 def test_valid_tf_configs_are_accepted(cluster, task):
-    config = clusters.parse_tf_config(json.dumps({"cluster": cluster, "task": task}))
+    config = tf_config.parse_tf_config(json.dumps({"cluster": cluster, "task": task}))
     assert config["task"] == task
 
 

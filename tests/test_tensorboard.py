@@ -11,8 +11,8 @@ import pytest
 
 
 
-from common import runner
-from common.options import RunOptions
+from common.modes import dispatch
+from common.config.options import RunOptions
 from tests.fixtures import free_port, write_cifar10_batches, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -72,13 +72,13 @@ def test_every_run_and_trial_shows_with_its_own_hyperparameters(tmp_path, tensor
     idx = write_idx_dataset(tmp_path / "idx", num_train=200, num_test=40)
     write_cifar10_batches(tmp_path / "cifar", records_per_batch=20)
     common = dict(results_dir=str(results), verbose=0, batch_size=16)
-    runner.run(RunOptions(experiment="mnist_lenet", data_dir=str(idx), epochs=1,
+    dispatch.run(RunOptions(experiment="mnist_lenet", data_dir=str(idx), epochs=1,
                           run_name="lenet", **common))
-    runner.run(RunOptions(experiment="cifar_vgg_transfer", data_dir=str(tmp_path / "cifar"),
+    dispatch.run(RunOptions(experiment="cifar_vgg_transfer", data_dir=str(tmp_path / "cifar"),
                           weights="none", run_name="vgg",
                           hparams=("phase1_epochs=1", "phase2_epochs=0", "head_units=8"),
                           **common))
-    runner.run(RunOptions(experiment="mnist_lenet", mode="tune", tuner="random",
+    dispatch.run(RunOptions(experiment="mnist_lenet", mode="tune", tuner="random",
                           max_trials=2, max_epochs=1, data_dir=str(idx), sweep_name="s",
                           **common))
 

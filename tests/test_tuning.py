@@ -10,9 +10,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import experiments
-from common import hparams, runner
+from common.config import hparams
+from common.modes import dispatch
 from common.errors import UserError
-from common.options import RunOptions
+from common.config.options import RunOptions
 from experiments.mnist_lenet.config import get_config
 from tests.fixtures import kill_when, write_idx_dataset
 
@@ -61,7 +62,7 @@ def _hparams_sessions(folder: pathlib.Path) -> list:
 def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=256):
-        best = runner.run(_options(tmp_path, tuner="random", max_trials=3, max_epochs=1,
+        best = dispatch.run(_options(tmp_path, tuner="random", max_trials=3, max_epochs=1,
                                      strategy="mirrored"))
     sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
     trials = _trials(sweep_dir)
@@ -101,7 +102,7 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
 def test_bayesian_sweep(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=256):
-        best = runner.run(_options(tmp_path, tuner="bayesian", max_trials=3, max_epochs=1))
+        best = dispatch.run(_options(tmp_path, tuner="bayesian", max_trials=3, max_epochs=1))
     assert best["trials_completed"] == 3
     assert len(_trials(tmp_path / "results" / "mnist_lenet" / "s")) == 3
 
@@ -110,16 +111,18 @@ def test_bayesian_sweep(tmp_path):
 def test_hyperband_continues_trials_from_their_weights(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=64):
-        runner.run(_options(tmp_path, tuner="hyperband", max_epochs=2, hyperband_factor=2))
+        dispatch.run(_options(tmp_path, tuner="hyperband", max_epochs=2, hyperband_factor=2))
     sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
     continued = []
     for trial in _trials(sweep_dir):
         config = json.loads((trial / "config.json").read_text())
         metrics = json.loads((trial / "metrics.json").read_text())
-        if config["flags"]["warm_start"]:
+        assert config["trial"]["name"] == trial.name
+        assert config["flags"]["mode"] == "tune"  # the sweep's flags, as the user gave them
+        if config["trial"]["warm_start"]:
             continued.append(trial)
-            assert pathlib.Path(config["flags"]["warm_start"]).parent == sweep_dir
-            first = config["flags"]["initial_epoch"]
+            assert pathlib.Path(config["trial"]["warm_start"]).parent == sweep_dir
+            first = config["trial"]["initial_epoch"]
             assert first >= 1
             assert [row["epoch"] for row in metrics["history"]][0] == first
     assert continued, "Hyperband continued no trial"
@@ -136,7 +139,7 @@ def test_sweep_whose_trials_all_fail_reports_the_first_failure(tmp_path, monkeyp
         with pytest.raises(UserError, match=r"every trial of sweep s failed; first failure "
                                             r"\(trial_1\): ValueError: cannot build with "
                                             r"dropout 0.0 \(tracebacks in "):
-            runner.run(_options(tmp_path, tuner="random", max_trials=2, max_epochs=1))
+            dispatch.run(_options(tmp_path, tuner="random", max_trials=2, max_epochs=1))
     sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
     assert not (sweep_dir / "best_hparams.json").exists()
     # Each failed trial left its traceback in its folder, not on the console.
@@ -146,12 +149,12 @@ def test_sweep_whose_trials_all_fail_reports_the_first_failure(tmp_path, monkeyp
 
 def test_searched_name_cannot_also_be_fixed(tmp_path):
     with pytest.raises(UserError, match="--hparams fixes dropout"):
-        runner.run(_options(tmp_path, tuner="random", hparams=("dropout=0.1",)))
+        dispatch.run(_options(tmp_path, tuner="random", hparams=("dropout=0.1",)))
 
 
 def test_hyperband_refuses_a_multi_stage_experiment(tmp_path):
     with pytest.raises(UserError, match="Hyperband continues trials epoch by epoch"):
-        runner.run(_options(tmp_path, experiment="pruning_qat", tuner="hyperband"))
+        dispatch.run(_options(tmp_path, experiment="pruning_qat", tuner="hyperband"))
 
 
 def test_hparams_file_round_trip_and_explicit_hparams_win(tmp_path):
@@ -159,10 +162,10 @@ def test_hparams_file_round_trip_and_explicit_hparams_win(tmp_path):
     path = tmp_path / "best_hparams.json"
     path.write_text(json.dumps({"hparams": {"learning_rate": 0.002, "batch_size": 32,
                                             "dropout": 0.2, "epochs": 1}}))
-    runner.run(RunOptions(
+    dispatch.run(RunOptions(
         experiment="mnist_lenet", results_dir=str(tmp_path / "results"), verbose=0,
         data_dir=str(folder), run_name="a", hparams_file=str(path)))
-    runner.run(RunOptions(
+    dispatch.run(RunOptions(
         experiment="mnist_lenet", results_dir=str(tmp_path / "results"), verbose=0,
         data_dir=str(folder), run_name="b", hparams_file=str(path),
         hparams=("dropout=0.1",)))
@@ -176,7 +179,7 @@ def test_hparams_file_with_unknown_name(tmp_path):
     path = tmp_path / "h.json"
     path.write_text(json.dumps({"learning_rat": 0.1}))
     with pytest.raises(UserError, match="'learning_rat'"):
-        runner.run(RunOptions(experiment="mnist_lenet", hparams_file=str(path),
+        dispatch.run(RunOptions(experiment="mnist_lenet", hparams_file=str(path),
                                          results_dir=str(tmp_path / "results")))
 
 
@@ -184,9 +187,9 @@ def test_resumed_sweep_on_other_data_is_refused(tmp_path):
     (tmp_path / "tfds").mkdir()
     folder = write_idx_dataset(tmp_path / "idx", num_train=200, num_test=40)
     with tfds.testing.mock_data(num_examples=64):
-        runner.run(_options(tmp_path, tuner="random", max_trials=1, max_epochs=1))
+        dispatch.run(_options(tmp_path, tuner="random", max_trials=1, max_epochs=1))
     with pytest.raises(UserError, match="started with other data"):
-        runner.run(_options(tmp_path, tuner="random", max_trials=1, max_epochs=1,
+        dispatch.run(_options(tmp_path, tuner="random", max_trials=1, max_epochs=1,
                             data_dir=str(folder)))
 
 

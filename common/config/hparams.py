@@ -20,7 +20,7 @@ import json
 import math
 from typing import Any, Iterable, Mapping, Optional
 
-from common import choices
+from common.config import choices
 from common.errors import UserError
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -86,7 +86,7 @@ SHARED: dict[str, HParam] = {
                       "or image_folder (--data_dir: class folders of images)"),
     "validation_fraction": HParam(0.1, gt=0, lt=1,
                                   help="share of train held out for validation"),
-    # --dataset=image_folder (common/image_folder.py); experiments set their own.
+    # --dataset=image_folder (common/data/image_folder.py); experiments set their own.
     "test_fraction": HParam(0.1, gt=0, lt=1, help="image_folder, one folder per class: "
                             "share of each class held out for testing"),
     "image_size": HParam(0, ge=0, le=4096, help="image_folder: images resized to N x N; "

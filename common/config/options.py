@@ -1,4 +1,5 @@
-"""What a command asks for: launch.py's flags as one value (no TensorFlow)."""
+"""What a command asks for: launch.py's flags as one value (no TensorFlow),
+and the state a sweep gives each of its trials, which travels beside it."""
 
 import dataclasses
 from typing import Optional
@@ -6,7 +7,8 @@ from typing import Optional
 
 @dataclasses.dataclass
 class RunOptions:
-    """Everything launch.py's flags say; defaults match the flags'."""
+    """Everything launch.py's flags say, and nothing else; the defaults are
+    the flags'. config.json records it as "flags"."""
     experiment: str
     strategy: str = "default"
     tpu: str = ""
@@ -30,22 +32,43 @@ class RunOptions:
     restart: bool = False
     seed: int = 0
     hparams_file: Optional[str] = None
-    # Sweeps (--mode=tune); see common/tuning.py.
+    # Sweeps (--mode=tune); see common/modes/tune.py.
     tuner: str = "hyperband"
     max_trials: int = 10
     max_epochs: Optional[int] = None
     hyperband_factor: int = 3
     sweep_name: Optional[str] = None
-    # Prediction (--mode=predict); see common/deploy.py.
+    # Prediction (--mode=predict); see common/modes/predict.py.
     inputs: Optional[str] = None
     top_k: int = 1
     output: Optional[str] = None
-    # Set by a sweep for its trials: where the run folder goes, and the run a
-    # Hyperband trial continues (its weights, from its last epoch).
-    run_parent: Optional[str] = None
+    verbose: int = 1  # Keras progress: 1 bar, 2 one line per epoch, 0 none
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepTrial:
+    """What a sweep tells one of its trials, beside the sweep's RunOptions.
+
+    Attributes:
+        sweep_dir: the sweep's folder; the trial's run folder goes inside it.
+        name: the trial's run folder name (trial_<n>).
+        warm_start: the run folder of the trial a Hyperband trial continues
+            (its final weights are loaded into the new model), or None.
+        initial_epoch: the epoch the trial starts counting from (0-based;
+            a continued Hyperband trial's predecessor's epochs).
+    """
+    sweep_dir: str
+    name: str
     warm_start: Optional[str] = None
     initial_epoch: int = 0
-    verbose: int = 1  # Keras progress: 1 bar, 2 one line per epoch, 0 none
+
+    def as_dict(self) -> dict:
+        """The trial's state as config.json records it ("trial").
+
+        Returns:
+            {"sweep_dir", "name", "warm_start", "initial_epoch"}.
+        """
+        return dataclasses.asdict(self)
 
 
 # Dedicated flags that set a hyperparameter of the same name.

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from absl import logging
 import numpy as np
 
-from common import images as image_io
+from common.data import images as image_io
 from common.errors import UserError
 
 CACHE_ENV = "IMAGE_FOLDER_CACHE"

@@ -49,7 +49,7 @@ $XDG_CACHE_HOME or ~/.cache, under keras-experiments/image_folder/), keyed
 by the folder, every image file's path, size and modification time, and the
 target size and channels: a second run or a sweep's next trial reads one
 .npz instead of decoding; any change to the folder's images invalidates it.
-The training pipeline (data.make_pipeline) then batches and prefetches as
+The training pipeline (data/pipeline.py) then batches and prefetches as
 for every source. The whole converted folder is held in memory, as for the
 other local sources: for large folders keep image_size modest.
 """
@@ -64,14 +64,13 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from common import data, image_cache, image_report, images
-from common.image_cache import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
-from common.image_report import SPLITS, log_summary, summary  # noqa: F401  (re-exported)
+from common.data import image_cache, image_report, images
+from common.data.image_cache import CACHE_ENV  # noqa: F401  (re-exported)
+from common.data.image_report import SPLITS
+from common.data.splits import Splits
 from common.errors import UserError
 
 DATASET = "image_folder"
-# Hyperparameters (common/hparams.py: SHARED) this reader takes.
-HPARAMS = ("image_size", "image_channels", "test_fraction")
 EXTENSIONS = images.EXTENSIONS
 SPLIT_SEED = 0             # salt of the hash that orders a class's files for carving
 
@@ -280,10 +279,10 @@ def _assign(scanned: _Scan, kept: dict[str, str], test_fraction: float,
 
 def load(data_dir: Optional[str], *, validation_fraction: float = 0.1,
          test_fraction: float = 0.1, image_size: int = 0,
-         image_channels: int = 0) -> "data.Splits":
+         image_channels: int = 0) -> Splits:
     """Reads, cleans, checks and splits the image folder `data_dir`.
 
-    Returns data.Splits of (image uint8 [H, W, C]: image_size x
+    Returns Splits of (image uint8 [H, W, C]: image_size x
     image_size, or the images' own size with image_size 0; C 1 or 3; label
     int64 in sorted-class-name order), class_names, and `report` (what
     data_report.json holds; see the module docstring). Logs a summary.
@@ -338,7 +337,7 @@ def load(data_dir: Optional[str], *, validation_fraction: float = 0.1,
         return tf.data.Dataset.from_tensor_slices((x, y)), len(rels)
 
     (train, n_train), (validation, n_val), (test, n_test) = map(split, SPLITS)
-    return data.Splits(
+    return Splits(
         train=train, validation=validation, test=test,
         num_train=n_train, num_validation=n_val, num_test=n_test,
         image_shape=tuple(int(d) for d in target), num_classes=len(scanned.classes),

@@ -1,6 +1,6 @@
 """Image files as arrays: PNG, JPEG, BMP and GIF decoded with Pillow and
 converted the one way this project converts images, for training
-(common/image_folder.py) and for prediction (common/predict.py) alike.
+(common/data/image_folder.py) and for prediction (common/deploy/predict.py) alike.
 
 Decoding: the format is read from the file's first bytes (not its name); a
 GIF's first frame; a JPEG turned upright by its EXIF orientation; palettes

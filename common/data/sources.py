@@ -1,15 +1,15 @@
-"""Input data: TensorFlow Datasets or the datasets' original files, as tf.data.
+"""Where a dataset comes from: TFDS, the datasets' original files, image folders.
 
-`load()` returns the train / validation / test splits as unbatched datasets of
-(image uint8 [H, W, C], label int64); `make_pipeline()` turns a split into the
-batched, prefetched stream a model trains on.
+`load()` returns the train / validation / test splits (data/splits.py) as
+unbatched datasets of (image uint8 [H, W, C], label int64);
+data/pipeline.py turns them into the streams a model trains on.
 
 Where data comes from, in order:
   0. `--dataset=image_folder`: the folder `--data_dir` of class folders of
-     images, cleaned, checked and cached by common/image_folder.py.
+     images, cleaned, checked and cached by common/data/image_folder.py.
   1. `--data_dir` holding the original distribution files (MNIST and
      Fashion-MNIST IDX files, CIFAR-10's binary version): read and validated
-     by common/local_files.py.
+     by common/data/local_files.py.
   2. Without `--data_dir`: the folder Debian's dataset packages install to,
      /usr/share/datasets/<name>/ (`apt install dataset-fashion-mnist`).
   3. A prepared TFDS copy (in `--data_dir`, or TFDS' default folder).
@@ -20,39 +20,21 @@ The validation split is carved deterministically from the end of train, the
 same way for every source, so it never overlaps the training examples.
 """
 
-import dataclasses
 import pathlib
 import socket
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from common import local_files
+from common.data import image_folder, local_files
+from common.data.splits import Splits
 from common.errors import UserError
-
-AUTOTUNE = tf.data.AUTOTUNE
 
 # Where Debian's dataset-* packages put the original files.
 SYSTEM_DATASETS_DIR = pathlib.Path("/usr/share/datasets")
 # The host TFDS downloads MNIST-family files from; checked before a download.
 DOWNLOAD_HOST = "storage.googleapis.com"
-
-
-@dataclasses.dataclass
-class Splits:
-    """The three splits of a dataset and what a model needs to know of it."""
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
-    test: tf.data.Dataset
-    num_train: int
-    num_validation: int
-    num_test: int
-    image_shape: tuple[int, ...]
-    num_classes: int
-    source: str  # "tfds" or the folder the original files were read from
-    class_names: tuple[str, ...] = ()  # in class-index order
-    report: Optional[dict] = None  # image_folder's cleaning report (data_report.json)
 
 
 def _system_folder(name: str) -> Optional[pathlib.Path]:
@@ -129,18 +111,39 @@ def _tfds_splits(name: str, data_dir: Optional[str], validation_fraction: float,
         num_classes=label.num_classes, source="tfds", class_names=tuple(label.names))
 
 
-def load(name: str, data_dir: Optional[str] = None,
-         validation_fraction: float = 0.1, hparams: Optional[dict] = None) -> Splits:
-    """Loads dataset `name`; see the module docstring for where from.
-    `hparams`: the run's, for image_folder's image_size, image_channels and
-    test_fraction."""
+def load(name: str, data_dir: Optional[str] = None, validation_fraction: float = 0.1, *,
+         image_size: int = 0, image_channels: int = 0, test_fraction: float = 0.1) -> Splits:
+    """Loads dataset `name` from the first source that has it (the module
+    docstring's order).
+
+    Args:
+        name: a TFDS name (mnist, fashion_mnist, cifar10, ...) or
+            "image_folder".
+        data_dir: TFDS' data_dir, a folder of the original files, or the
+            image folder; None: the system's dataset folder, then TFDS'.
+        validation_fraction: share of the training split held out for
+            validation, in (0, 1).
+        image_size: image_folder only: images resized to this many pixels
+            square (0: their own size).
+        image_channels: image_folder only: 1 grey, 3 RGB, 0 the folder's.
+        test_fraction: image_folder with one folder per class only: share of
+            each class held out for testing, in (0, 1).
+
+    Returns:
+        Splits of (image uint8 [H, W, C], label int64) datasets.
+
+    Raises:
+        UserError: a bad fraction, a missing --data_dir, corrupt files, an
+            unknown TFDS name, or no network for a download (naming the
+            local-files alternative).
+    """
     if not 0.0 < validation_fraction < 1.0:
         raise UserError(f"validation_fraction must be between 0 and 1, got "
                         f"{validation_fraction}")
-    if name == "image_folder":
-        from common import image_folder
-        return image_folder.load(data_dir, validation_fraction=validation_fraction, **{
-            k: v for k, v in (hparams or {}).items() if k in image_folder.HPARAMS})
+    if name == image_folder.DATASET:
+        return image_folder.load(data_dir, validation_fraction=validation_fraction,
+                                 test_fraction=test_fraction, image_size=image_size,
+                                 image_channels=image_channels)
     if data_dir is not None:
         folder = pathlib.Path(data_dir).expanduser()
         if not folder.is_dir():
@@ -177,88 +180,3 @@ def _offline_message(name: str, data_dir: Optional[str]) -> str:
         return message
     return (f"{message}; offline, pass --data_dir=DIR holding {fmt.description} "
             f"or install them under {SYSTEM_DATASETS_DIR / name.replace('_', '-')}/")
-
-
-# ---------------------------------------------------------------------------
-# The pipelines.
-
-def _to_float(images, labels):
-    return tf.cast(images, tf.float32), labels
-
-
-def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, num_examples: int,
-                  seed: Optional[int] = None, augment: Optional[Callable] = None,
-                  deterministic: bool = False) -> tf.data.Dataset:
-    """The training stream: cache, shuffle, augment, batch, cast, prefetch.
-
-    `batch_size` is the global batch: a distribution strategy splits each
-    batch across its replicas. Batches drop the remainder so every step has
-    the same static shape (what TPUs need). Images stay uint8 until after
-    batching, which keeps the cache small and the cast vectorised. With
-    `deterministic`, parallel maps keep their order, so a seed repeats the
-    stream exactly. (Evaluation splits go through evaluation.eval_dataset.)
-    """
-    ds = ds.cache()
-    ds = ds.shuffle(max(1, min(num_examples, 60_000)), seed=seed,
-                    reshuffle_each_iteration=True)
-    if augment is not None:
-        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
-    # Across the workers of a cluster, shard by element (DATA): it works for
-    # every source here, in-memory arrays and TFDS splits alike, where FILE
-    # sharding would need at least one file per worker (MNIST's TFDS train
-    # split is one file, and the validation split is a slice of it).
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    # Training order is random anyway: unless asked to repeat exactly, let
-    # parallel maps hand over whichever element is ready first.
-    options.deterministic = deterministic
-    return ds.with_options(options).prefetch(AUTOTUNE)
-
-
-@dataclasses.dataclass
-class Pipelines:
-    """A run's three streams: training batches (image float32 [B, H, W, C],
-    label int64 [B]) and the evaluation splits as
-    evaluation.eval_dataset() batches (padded, weighted)."""
-    splits: Splits
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
-    test: tf.data.Dataset
-    steps_per_epoch: int
-
-
-def pipelines(splits: Splits, batch_size: int, *, num_workers: int = 1, seed: int = 0,
-              augment: Optional[Callable] = None, deterministic: bool = False) -> Pipelines:
-    """Checks the split sizes against the global batch and builds the
-    streams; raises UserError for an empty split or a training split smaller
-    than one global batch."""
-    from common import evaluation
-    if splits.num_train < batch_size:
-        raise UserError(f"the training split has {splits.num_train} examples, fewer than "
-                        f"one global batch of {batch_size}; use a smaller --batch_size")
-    if splits.num_validation < 1:
-        raise UserError(f"the validation split of {splits.source} is empty; raise "
-                        "validation_fraction")
-    if splits.num_test < 1:
-        raise UserError(f"the test split of {splits.source} is empty")
-    train = make_pipeline(splits.train, batch_size, num_examples=splits.num_train, seed=seed,
-                          augment=augment, deterministic=deterministic)
-    return Pipelines(
-        splits=splits, train=train,
-        validation=evaluation.eval_dataset(splits.validation, splits.num_validation,
-                                           batch_size, num_workers),
-        test=evaluation.eval_dataset(splits.test, splits.num_test, batch_size, num_workers),
-        steps_per_epoch=splits.num_train // batch_size)
-
-
-def pad_crop_flip(image: tf.Tensor, label: tf.Tensor, pad: int = 4):
-    """The standard CIFAR augmentation: zero-pad by `pad`, crop back to the
-    original size at a random place, flip left-right half of the time."""
-    height, width = image.shape[0], image.shape[1]
-    image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad,
-                                         width + 2 * pad)
-    image = tf.image.random_crop(image, [height, width, image.shape[-1]])
-    return tf.image.random_flip_left_right(image), label

@@ -1,6 +1,6 @@
-"""--mode=predict: a finished run's model on a user's image files.
+"""Predictions of a finished run's model on a user's image files.
 
-PNG, JPEG, BMP and GIF files are decoded and converted by common/images.py,
+PNG, JPEG, BMP and GIF files are decoded and converted by data/images.py,
 the same code that reads image folders for training: resized to the model's
 input size, grey to RGB or RGB to grey as needed, alpha flattened. They are
 predicted in batches of the run's batch_size, through the run's exported
@@ -16,15 +16,15 @@ import io
 import os
 import pathlib
 import tempfile
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from common import deploy, images as image_io, results, saved_runs
+from common.data import images as image_io
 from common.errors import UserError, one_line
-from common.options import RunOptions
+from common.runs import files, saved
 
 PREDICTIONS_FILE = "predictions.csv"
 
@@ -109,7 +109,7 @@ class Classifier:
 
     def __init__(self, run_dir: pathlib.Path):
         run_dir = pathlib.Path(run_dir)
-        served = [e for e in saved_runs.declared_models(run_dir) if e["format"] == "saved_model"]
+        served = [e for e in saved.declared_models(run_dir) if e["format"] == "saved_model"]
         self._serve = self._model = None
         if served:
             path = run_dir / served[0]["path"]
@@ -123,7 +123,7 @@ class Classifier:
             self.num_classes = int(outputs.shape[-1])
             self.source = f"SavedModel {path}"
         else:
-            self._model = saved_runs.load_keras_model(run_dir, compile=False)
+            self._model = saved.load_keras_model(run_dir, compile=False)
             self.image_shape = tuple(int(d) for d in self._model.input_shape[1:])
             self.num_classes = int(self._model.output_shape[-1])
             self.source = f"Keras model of {run_dir} (no exported SavedModel)"
@@ -220,56 +220,4 @@ def write_csv(path: pathlib.Path, rows: Sequence[Prediction], top_k: int) -> Non
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:
-        raise results.os_error(e, "write the predictions") from None
-
-
-def predict_run(options: RunOptions, config: dict) -> dict[str, Any]:
-    """--mode=predict: the model of the finished run --run_name on the image
-    files --inputs names, in batches of config["batch_size"]; prints a
-    table (file, class, probability, --top_k more, note) and writes it as
-    CSV to --output (default: predictions.csv in the run folder).
-
-    Returns {"run", "model", "output", "predictions": [{"file", "top":
-    [[class, probability], ...], "note"}], "skipped": count}. Raises
-    UserError for a missing or unfinished run, no image file at --inputs,
-    --top_k above the number of classes, or no file that could be read.
-    """
-    run_dir = saved_runs.run_folder(options.results_dir, options.experiment, options.run_name)
-    paths = find_images(options.inputs)
-    classifier = Classifier(run_dir)
-    names = _labels(run_dir, classifier)
-    if options.top_k > classifier.num_classes:
-        raise UserError(f"--top_k={options.top_k} is more than the model's "
-                        f"{classifier.num_classes} classes")
-    logging.info("Predicting %d file(s) with the %s", len(paths), classifier.source)
-    rows = predict_files(classifier, names, paths, config["batch_size"], options.top_k)
-    output = pathlib.Path(options.output).expanduser() if options.output \
-        else run_dir / PREDICTIONS_FILE
-    write_csv(output, rows, options.top_k)
-    print(format_table(rows, options.top_k))
-    skipped = sum(row.skipped for row in rows)
-    print(f"{len(rows) - skipped} predicted, {skipped} skipped; wrote {output}")
-    if skipped == len(rows):
-        raise UserError(f"--inputs={options.inputs}: none of the {len(rows)} file(s) "
-                        "could be read as an image (see the skipped rows above)")
-    return {"run": str(run_dir), "model": classifier.source, "output": str(output),
-            "predictions": [{"file": r.file, "top": [list(t) for t in r.top], "note": r.note}
-                            for r in rows],
-            "skipped": skipped}
-
-
-def _labels(run_dir: pathlib.Path, classifier: Classifier) -> list[str]:
-    """Class names for the classifier's outputs: export/labels.txt when the
-    SavedModel serves, else the run's config.json. Raises UserError if
-    their count is not the model's."""
-    labels = run_dir / deploy.LABELS_PATH
-    if classifier.serves_saved_model and labels.is_file():
-        names = labels.read_text().splitlines()
-        where = str(labels)
-    else:
-        names = deploy.class_names_of(saved_runs.read_config(run_dir), classifier.num_classes)
-        where = str(run_dir / results.CONFIG_FILE)
-    if len(names) != classifier.num_classes:
-        raise UserError(f"{where} has {len(names)} class names but the model has "
-                        f"{classifier.num_classes} classes")
-    return names
+        raise files.os_error(e, "write the predictions") from None

@@ -1,4 +1,4 @@
-"""Deployment: a run's serving files (export/), and predictions on image files.
+"""A run's serving files (export/): SavedModel, float TFLite, labels.
 
 What `export()` writes into a run folder (at the end of every training run,
 or later with `--mode=export --run_name=RUN`):
@@ -15,9 +15,7 @@ or later with `--mode=export --run_name=RUN`):
                                channel means) is inside, as in the Keras model.
     export/model_float.tflite  the same model as float TFLite: float32 pixel
                                values 0..255 [1, H, W, C] in, float32 logits
-                               [1, num_classes] out (like pruning_qat's
-                               baseline_float.tflite; pruning_qat keeps its
-                               int8 files in model/); converted in float32
+                               [1, num_classes] out; converted in float32
                                whatever the run's mixed_precision
     export/labels.txt          the class names, one a line, in class-index order
 
@@ -27,7 +25,8 @@ metrics.json declares the SavedModel and the TFLite file in "models" (so
 folder and renamed into place before metrics.json is rewritten (atomically),
 so metrics.json never declares a file that is not there.
 
---mode=predict is common/predict.py's.
+--mode=export is modes/export.py; predictions on image files are
+deploy/predict.py's.
 """
 
 import os
@@ -37,12 +36,15 @@ import tempfile
 from typing import Any, Optional, Sequence
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from common import local_files, results, saved_runs
+from common.data import local_files
+from common.deploy import tflite
 from common.errors import UserError, one_line
-from common.options import RunOptions
+from common.runs import saved
+from common.training import evaluation
 
 EXPORT_DIR = "export"
 SAVED_MODEL_PATH = "export/saved_model/1"       # TF Serving: <base path>/<version>/
@@ -128,7 +130,6 @@ def export_model(run_dir: pathlib.Path, model: tf_keras.Model, class_names: Sequ
     and the TFLite file, "exported": [{"format", "path", "bytes"}] of every
     file}. Raises UserError if the class names do not match the model's
     outputs; TensorFlow's errors if saving or converting fails."""
-    from common import export
     run_dir = pathlib.Path(run_dir)
     image_shape = [int(d) for d in image_shape]
     num_classes = int(model.output_shape[-1])
@@ -142,14 +143,14 @@ def export_model(run_dir: pathlib.Path, model: tf_keras.Model, class_names: Sequ
 
     try:
         write_saved_model(model, image_shape, inside(SAVED_MODEL_PATH))
-        inside(TFLITE_PATH).write_bytes(export.to_tflite(model))
+        inside(TFLITE_PATH).write_bytes(tflite.to_tflite(model))
         inside(LABELS_PATH).write_text("".join(f"{name}\n" for name in class_names))
         os.chmod(staging, 0o755)  # mkdtemp makes it private; exports are for reading
         _replace_folder(staging, run_dir / EXPORT_DIR)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    models = [saved_runs.declare(run_dir, SAVED_MODEL_NAME, run_dir / SAVED_MODEL_PATH),
-              saved_runs.declare(run_dir, TFLITE_NAME, run_dir / TFLITE_PATH)]
+    models = [saved.declare(run_dir, SAVED_MODEL_NAME, run_dir / SAVED_MODEL_PATH),
+              saved.declare(run_dir, TFLITE_NAME, run_dir / TFLITE_PATH)]
     exported = [{k: entry[k] for k in ("format", "path", "bytes")} for entry in models]
     exported.append({"format": "labels", "path": LABELS_PATH,
                      "bytes": _size(run_dir / LABELS_PATH)})
@@ -162,7 +163,7 @@ def export(run_dir: pathlib.Path, entry: dict, class_names: Sequence[str],
     entry, keras or h5, within its load_scope) and writes export/ for it;
     returns what export_model() returns. Raises UserError if the model
     cannot be loaded."""
-    model = saved_runs.load_entry(pathlib.Path(run_dir), entry, compile=False)
+    model = saved.load_entry(pathlib.Path(run_dir), entry, compile=False)
     return export_model(run_dir, model, class_names, image_shape)
 
 
@@ -183,37 +184,12 @@ def export_after_training(run_dir: pathlib.Path, entry: dict, class_names: Seque
     return outcome
 
 
-def _is_exported(entry: dict) -> bool:
-    return pathlib.PurePath(entry.get("path", "")).parts[:1] == (EXPORT_DIR,)
-
-
-def export_run(options: RunOptions, config: dict) -> dict[str, Any]:
-    """--mode=export: writes export/ for the finished run --run_name (again,
-    if it has one) and rewrites its metrics.json with the exported models;
-    returns the new metrics. Raises UserError for a missing or unfinished
-    run, or a model that cannot be loaded."""
-    del config  # the run's own config.json says what it was trained on
-    run_dir = saved_runs.run_folder(options.results_dir, options.experiment, options.run_name)
-    lock = results.Lock(run_dir, "run").acquire()
-    try:
-        run_config = saved_runs.read_config(run_dir)
-        metrics = saved_runs.read_metrics(run_dir)
-        entries = [e for e in saved_runs.declared_models(run_dir)
-                   if e["format"] in ("keras", "h5")]
-        if not entries:
-            raise UserError(f"run {run_dir} declares no Keras model to export")
-        entry = next((e for e in entries if e.get("name") == "model"), entries[0])
-        model = saved_runs.load_entry(run_dir, entry, compile=False)
-        image_shape = run_config.get("image_shape") or list(model.input_shape[1:])
-        names = class_names_of(run_config, int(model.output_shape[-1]))
-        outcome = export_model(run_dir, model, names, image_shape)
-        metrics["models"] = ([e for e in metrics.get("models") or [entry]
-                              if not _is_exported(e)] + outcome["models"])
-        metrics["exported"] = outcome["exported"]
-        metrics.pop("export_error", None)
-        results.write_json_atomic(run_dir / results.METRICS_FILE, metrics)
-    finally:
-        lock.release()
-    for item in outcome["exported"]:
-        print(f"exported {run_dir / item['path']} ({item['format']}, {item['bytes']:,} bytes)")
-    return metrics
+def saved_model_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray,
+                       batch_size: int = 256) -> dict:
+    """Loss and accuracy through a SavedModel's serving_default signature
+    (uint8 images in, "probabilities" out)."""
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    outputs = [serve(tf.constant(images[i:i + batch_size]))["probabilities"].numpy()
+               for i in range(0, len(images), batch_size)]
+    probabilities = np.concatenate(outputs) if outputs else np.zeros((0, 1))
+    return evaluation.scores_from_probabilities(probabilities, labels)

@@ -1,4 +1,5 @@
-"""TFLite export, and measuring TFLite models: accuracy, size, sparsity, latency.
+"""TFLite: converting Keras models, and measuring TFLite models (accuracy,
+size, sparsity, latency).
 
 The interpreter is LiteRT's (`ai_edge_litert`), the successor of the
 deprecated `tf.lite.Interpreter`; where it is not installed, TensorFlow's.
@@ -17,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from common.training import evaluation, precision
+
 try:
     from ai_edge_litert import interpreter as _litert
     INTERPRETER = "LiteRT (ai_edge_litert)"
@@ -34,10 +37,9 @@ def to_tflite(model: tf_keras.Model, *, quantize: bool = False,
     quantization-aware-trained model yields an int8 model from the learned
     ranges; `integer_io` also makes its input and output int8, removing the
     float<->int8 conversions at both ends."""
-    from common import models
     # A mixed-precision model converts as float32: TFLite has no bfloat16
     # kernels, and float16 belongs to its own post-training option.
-    converter = tf.lite.TFLiteConverter.from_keras_model(models.as_float32(model))
+    converter = tf.lite.TFLiteConverter.from_keras_model(precision.as_float32(model))
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if integer_io:
@@ -105,23 +107,10 @@ def tflite_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) ->
     """Loss and top-1 accuracy of the TFLite model (logits out) over images
     uint8 [N, H, W, C] and int labels [N], one example at a time through the
     interpreter: {"loss", "accuracy", "examples"}."""
-    from common import evaluation
     classifier = TFLiteClassifier(path)
     logits = np.stack([classifier.invoke(classifier.prepare(image.astype(np.float32)))
                        for image in images]) if len(images) else np.zeros((0, 1))
     return evaluation.scores_from_probabilities(logits, labels, from_logits=True)
-
-
-def saved_model_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray,
-                       batch_size: int = 256) -> dict:
-    """Loss and accuracy through a SavedModel's serving_default signature
-    (uint8 images in, "probabilities" out)."""
-    from common import evaluation
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    outputs = [serve(tf.constant(images[i:i + batch_size]))["probabilities"].numpy()
-               for i in range(0, len(images), batch_size)]
-    probabilities = np.concatenate(outputs) if outputs else np.zeros((0, 1))
-    return evaluation.scores_from_probabilities(probabilities, labels)
 
 
 def tflite_weight_sparsity(path: pathlib.Path) -> Optional[float]:

@@ -1,6 +1,6 @@
 """Clusters of workers for MultiWorkerMirroredStrategy: TF_CONFIG checked,
 peers waited for with a timeout, SIGTERM honoured; the cluster from TF_CONFIG
-or, inside a Slurm job step without it, from Slurm (common/slurm.py).
+or, inside a Slurm job step without it, from Slurm (distribute/slurm.py).
 """
 
 import json
@@ -12,50 +12,9 @@ import time
 from absl import logging
 import tensorflow as tf
 
-from common import slurm
+from common.distribute import slurm
+from common.distribute.tf_config import CLUSTER_JOBS, parse_tf_config
 from common.errors import UserError
-
-CLUSTER_JOBS = ("chief", "worker")
-
-
-def parse_tf_config(raw: str) -> dict:
-    """TF_CONFIG, checked: a cluster of "host:port" lists (chief, worker),
-    and this process's task in it. Raises UserError naming what is wrong."""
-    form = ('{"cluster": {"worker": ["host:port", ...]}, '
-            '"task": {"type": "worker", "index": 0}}')
-    try:
-        config = json.loads(raw)
-    except ValueError as e:
-        raise UserError(f"TF_CONFIG is not JSON ({e}); expected {form}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) \
-            or not config["cluster"]:
-        raise UserError(f"TF_CONFIG has no cluster; expected {form}")
-    cluster = config["cluster"]
-    for job, addresses in cluster.items():
-        if job not in CLUSTER_JOBS:
-            raise UserError(f"TF_CONFIG's cluster has a {job!r} job; "
-                            f"MultiWorkerMirroredStrategy takes {' and '.join(CLUSTER_JOBS)}")
-        if not isinstance(addresses, list) or not all(
-                isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses):
-            raise UserError(f"TF_CONFIG's cluster.{job} must be a list of \"host:port\" "
-                            f"strings, got {addresses!r}")
-    if len(cluster.get("chief", [])) > 1:
-        raise UserError("TF_CONFIG's cluster names more than one chief")
-    task = config.get("task")
-    if not isinstance(task, dict):
-        raise UserError(f"TF_CONFIG has no task for this process; expected {form}")
-    kind, index = task.get("type"), task.get("index", 0)
-    if kind == "evaluator":
-        raise UserError("TF_CONFIG's task is an evaluator, which this project does not run "
-                        "(every worker evaluates); give this process a worker task")
-    if kind not in cluster:
-        raise UserError(f"TF_CONFIG's task type {kind!r} is not a job of its cluster "
-                        f"({', '.join(cluster)})")
-    if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
-        raise UserError(f"TF_CONFIG's task index {index!r} is outside cluster.{kind}, which "
-                        f"has {len(cluster[kind])} address(es) (index 0 to "
-                        f"{len(cluster[kind]) - 1})")
-    return config
 
 
 def multi_worker_strategy(cluster_timeout: float) -> tf.distribute.Strategy:
@@ -178,7 +137,7 @@ def check_cluster_options(options) -> None:
     if options.mode == "train" and not options.run_name:
         raise UserError("--strategy=multi_worker_mirrored with several workers needs "
                         "--run_name, the same on every worker (python -m "
-                        "common.local_cluster picks one)")
+                        "common.distribute.local_cluster picks one)")
     if options.mode == "tune" and not options.sweep_name:
         raise UserError("a sweep across several workers needs --sweep_name, the same "
                         "on every worker")

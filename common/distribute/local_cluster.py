@@ -1,6 +1,6 @@
 """Runs launch.py as a MultiWorkerMirroredStrategy cluster on this machine.
 
-    python -m common.local_cluster --workers=2 -- --experiment=mnist_lenet --epochs=2
+    python -m common.distribute.local_cluster --workers=2 -- --experiment=NAME --epochs=2
 
 Picks free localhost ports, starts one `launch.py` process per worker with
 its own TF_CONFIG and `--strategy=multi_worker_mirrored`, prefixes each
@@ -28,7 +28,7 @@ flags.DEFINE_integer("grace_seconds", 10, "After a worker fails, how long the ot
                      "get to stop before they are killed.", lower_bound=0)
 FLAGS = flags.FLAGS
 
-LAUNCH = pathlib.Path(__file__).resolve().parent.parent / "launch.py"
+LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch.py"
 
 
 def free_ports(count: int) -> list[int]:
@@ -146,7 +146,7 @@ def main(argv):
     launch_args = argv[1:]
     if not any(a.startswith("--experiment") for a in launch_args):
         print("local_cluster: error: pass launch.py's flags after --, for example: "
-              "python -m common.local_cluster --workers=2 -- --experiment=NAME",
+              "python -m common.distribute.local_cluster --workers=2 -- --experiment=NAME",
               file=sys.stderr)
         return 2
     return run_cluster(FLAGS.workers, launch_args, FLAGS.grace_seconds)

@@ -2,7 +2,7 @@
 
 `slurm_tf_config()` turns the step into TF_CONFIG's form with TensorFlow's
 SlurmClusterResolver (working around its crash on CPU-only nodes, and giving
-GPU nodes' tasks their GPUs), so the TF_CONFIG path of common/clusters.py
+GPU nodes' tasks their GPUs), so the TF_CONFIG path of distribute/clusters.py
 runs from there on. `slurm_run_defaults()` names a run after its job, so a
 requeued job resumes it.
 """
@@ -16,6 +16,7 @@ from typing import Optional
 from absl import logging
 import tensorflow as tf
 
+from common.distribute.tf_config import parse_tf_config
 from common.errors import UserError, one_line
 
 SLURM_PORT_BASE_ENV = "TF_SLURM_PORT_BASE"
@@ -178,8 +179,7 @@ def slurm_tf_config(visible_gpus: int = 0) -> SlurmTask:
                  rank, tasks, workers.index(own),
                  " (the chief)" if workers.index(own) == 0 else "", own,
                  f", GPUs {list(gpus)} of the {visible_gpus} it sees" if gpus else "")
-    from common import clusters  # (clusters imports this module)
-    return SlurmTask(clusters.parse_tf_config(json.dumps(config)), gpus)
+    return SlurmTask(parse_tf_config(json.dumps(config)), gpus)
 
 
 def slurm_cluster() -> dict:

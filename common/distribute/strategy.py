@@ -3,7 +3,7 @@
 Call `configure_cpu_devices()` (if at all) and then `get_strategy()` before
 any other TensorFlow op: logical devices and multi-worker collectives can only
 be set up before TensorFlow initialises its runtime. Clusters (TF_CONFIG,
-Slurm) are common/clusters.py's.
+Slurm) are distribute/clusters.py's.
 """
 
 import hashlib
@@ -11,8 +11,8 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from common import clusters
-from common.choices import STRATEGIES
+from common.config.choices import STRATEGIES
+from common.distribute import clusters
 from common.errors import UserError, one_line
 
 def configure_cpu_devices(count: int) -> None:

@@ -3,7 +3,7 @@
 Keras Tuner 1.4 checks models against Keras 3 and rejects tf_keras ones, so
 the tuners here override `run_trial` (Keras Tuner's documented route for any
 model): each trial is an ordinary run of the experiment, through
-`runner.train_run`, in its own folder:
+training/run.py's `train_run`, in its own folder:
 
     results/<experiment>/<sweep>/
       sweep.json          the tuner, its settings, the data and the search space
@@ -19,7 +19,6 @@ side in the HParams dashboard; each trial declares its own hyperparameters,
 so `--logdir results` lists sweeps and single runs alike.
 """
 
-import dataclasses
 import os
 import pathlib
 import shlex
@@ -32,8 +31,13 @@ import keras_tuner as kt
 import tensorflow as tf
 
 import experiments
-from common import choices, results, strategy as strategy_lib
+from common.config import choices
+from common.config.options import RunOptions, SweepTrial
+from common.distribute import strategy as strategy_lib
 from common.errors import UserError
+from common.runs import files
+from common.runs.lock import Lock
+from common.training.run import train_run
 
 OBJECTIVE = "val_accuracy"
 
@@ -79,15 +83,12 @@ class _ProjectTrials:
                 warm_start = str(self.sweep_dir / trial_folder(previous))
                 initial_epoch = int(values["tuner/initial_epoch"])
         name = trial_folder(trial.trial_id)
-        options = dataclasses.replace(
-            self.options, mode="train", run_parent=str(self.sweep_dir), run_name=name,
-            warm_start=warm_start, initial_epoch=initial_epoch, hparams=(),
-            hparams_file=None, epochs=None, batch_size=None, dataset=None, weights=None,
-            init_from=None, restart=False)
+        state = SweepTrial(sweep_dir=str(self.sweep_dir), name=name, warm_start=warm_start,
+                           initial_epoch=initial_epoch)
         logging.info("Sweep %s, %s: %s", self.sweep_dir.name, name, _trial_values(trial))
-        from common import runner
         try:
-            metrics = runner.train_run(self.experiment, options, config, self.strategy)
+            metrics = train_run(self.experiment, self.options, config, self.strategy,
+                                trial=state)
         except Exception as e:  # Keras Tuner records it and goes on; so do we.
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.failures.append((name, f"{type(e).__name__}: {message}"))
@@ -183,28 +184,28 @@ def _try_defaults_first(oracle, space: kt.HyperParameters, config: dict) -> None
     oracle._random_values = defaults_then_random  # pylint: disable=protected-access
 
 
-def _sweep_dir(options) -> tuple[pathlib.Path, bool, results.Lock]:
+def _sweep_dir(options) -> tuple[pathlib.Path, bool, Lock]:
     parent = pathlib.Path(options.results_dir) / options.experiment
     try:
         if options.sweep_name is None:
-            path = results.new_dir(parent, prefix="sweep-")
-            return path, False, results.Lock(path, "sweep").acquire()
-        results.check_name("sweep_name", options.sweep_name)
+            path = files.new_dir(parent, prefix="sweep-")
+            return path, False, Lock(path, "sweep").acquire()
+        files.check_name("sweep_name", options.sweep_name)
         path = parent / options.sweep_name
         resuming = (path / "sweep.json").exists()
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise results.os_error(e, "create the sweep folder") from None
-    return path, resuming, results.Lock(path, "sweep").acquire()
+        raise files.os_error(e, "create the sweep folder") from None
+    return path, resuming, Lock(path, "sweep").acquire()
 
 
 def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
     path = sweep_dir / "sweep.json"
     if not path.exists():
-        results.write_json_atomic(path, description)
+        files.write_json_atomic(path, description)
         return
     try:
-        previous = results.read_json(path)
+        previous = files.read_json(path)
         if not isinstance(previous, dict):
             raise ValueError("not an object")
     except (OSError, ValueError) as e:
@@ -233,8 +234,27 @@ def _command(options, sweep_dir: pathlib.Path) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def sweep(experiment, options, config: dict, strategy: tf.distribute.Strategy) -> dict:
-    """Runs (or resumes) a sweep; returns what best_hparams.json holds."""
+def run(experiment, options: RunOptions, config: dict,
+        strategy: tf.distribute.Strategy) -> dict:
+    """Runs (or resumes) a sweep over the experiment's search space: each
+    trial a run folder trial_<n>/ in the sweep's folder, trained under
+    `strategy`; prints the best trials and writes best_hparams.json.
+
+    Args:
+        experiment: the experiment's module (its search_space hook).
+        options: the command's flags (tuner, max_trials, max_epochs,
+            hyperband_factor, sweep_name, seed).
+        config: the resolved hyperparameters every trial starts from.
+        strategy: the strategy every trial trains under.
+
+    Returns:
+        What best_hparams.json holds.
+
+    Raises:
+        UserError: no search space, --hparams fixing a searched name, a
+            sweep started with other settings or data, damaged tuner
+            state, or every trial failed.
+    """
     space = search_space(experiment, config)
     fixed = {a.partition("=")[0].strip() for a in options.hparams}
     clash = sorted(fixed & set(space.values))
@@ -286,8 +306,8 @@ def _search(experiment, options, config, strategy, sweep_dir, space) -> dict:
                    and t.score is not None][:5]
     print(format_best(best_trials, config))
     best = best_trials[0]
-    best_config = results.read_json(sweep_dir / trial_folder(best.trial_id)
-                                    / results.CONFIG_FILE)
+    best_config = files.read_json(sweep_dir / trial_folder(best.trial_id)
+                                    / files.CONFIG_FILE)
     best_hparams = {**_trial_values(best), "epochs": best_config["hparams"]["epochs"]}
     payload = {
         "experiment": options.experiment,
@@ -301,7 +321,7 @@ def _search(experiment, options, config, strategy, sweep_dir, space) -> dict:
                              if t.status == kt.engine.trial.TrialStatus.FAILED),
         "train_it_with": _command(options, sweep_dir),
     }
-    results.write_json_atomic(sweep_dir / "best_hparams.json", payload)
+    files.write_json_atomic(sweep_dir / "best_hparams.json", payload)
     logging.info("Best %s: %s %.4f; train it with: %s", payload["trial"], OBJECTIVE,
                  best.score, payload["train_it_with"])
     return payload

@@ -1,32 +1,21 @@
-"""Run folders and the files in them.
+"""The files of a run folder, written so that a kill never leaves a torn one.
 
-    results/<experiment>/<run>/
-      config.json    resolved hyperparameters, flags, data, library versions
-      history.csv    one row per finished epoch (rewritten atomically)
-      metrics.json   the outcome (status, figures, models): written last
-      logs/          TensorBoard: train/, validation/, test/, hparams
-      backup/        resume state while the run is unfinished
-      stages/        finished stages of an unfinished run
-      model/         the trained model(s)
-      .lock          held by the process working on the run
-
-A new run never reuses a folder. Naming an unfinished run (`--run_name`)
-resumes it; naming a finished one is an error. Every JSON file is strict
-JSON (non-finite numbers are written as null).
+Strict JSON written atomically (non-finite numbers as null), history.csv
+(one row per epoch, rewritten atomically), the checked run and sweep names,
+fresh timestamped folders, and file-system errors as one line. The folder
+layout is results/README.md's; runs/folder.py is a run folder's life.
 """
 
 import csv
 import datetime
-import fcntl
 import io
 import json
 import math
 import os
 import pathlib
 import platform
-import socket
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 from common.errors import UserError
 
@@ -119,120 +108,6 @@ def os_error(e: OSError, doing: str) -> UserError:
     operating system's reason."""
     where = f" {e.filename}" if e.filename else ""
     return UserError(f"cannot {doing}{where}: {e.strerror or e}")
-
-
-class Lock:
-    """An exclusive lock on a folder (flock on its .lock file, which records
-    host and PID). The kernel releases it when its owner exits, however it
-    ends, so a dead owner's lock is simply taken over."""
-
-    def __init__(self, folder: pathlib.Path, what: str):
-        self.path = pathlib.Path(folder) / LOCK_FILE
-        self.what = what
-        self._file = None
-
-    def acquire(self) -> "Lock":
-        try:
-            handle = open(self.path, "a+")
-        except OSError as e:
-            raise os_error(e, f"lock {self.what}") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise UserError(f"{self.what} {self.path.parent} is in use by {owner}; "
-                            "wait for it to finish or stop it") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
-        handle.flush()
-        self._file = handle
-        return self
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
-                  hparams: dict, data: dict,
-                  restart: bool = False) -> tuple[pathlib.Path, bool, Lock]:
-    """Returns (run folder under `parent`, resuming, its lock, held by the caller).
-
-    Without `run_name` a fresh timestamped folder is created. With it, an
-    unfinished run of the same hyperparameters and data is resumed (or, with
-    `restart`, emptied and started over); a finished run, or one made with
-    other hyperparameters or data, is an error rather than an overwrite.
-    """
-    parent = pathlib.Path(parent)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        if run_name is None:
-            path = new_dir(parent)
-            return path, False, Lock(path, "run").acquire()
-        path = parent / run_name
-        # exist_ok: in a cluster another worker may create the folder (for its
-        # workertemp_<i>/) at the same moment. A run has started once its
-        # config.json exists; a folder without one holds nothing to resume.
-        path.mkdir(exist_ok=True)
-    except OSError as e:
-        raise os_error(e, "create the run folder") from None
-    lock = Lock(path, "run").acquire()
-    try:
-        if (path / METRICS_FILE).exists():
-            raise UserError(f"run {path} already finished; choose another --run_name "
-                            "(runs are never overwritten)")
-        config_path = path / CONFIG_FILE
-        if not config_path.exists():
-            return path, False, lock
-        try:
-            previous = read_json(config_path)
-            if not isinstance(previous, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError) as e:
-            if not restart:
-                raise UserError(f"{config_path} is damaged ({e}); rerun with --restart "
-                                "to start the run over") from None
-            previous = {}
-        if restart:
-            clear_run(path)
-            return path, False, lock
-        differs = _differences(previous.get("hparams"), hparams)
-        if differs:
-            raise UserError(f"run {path} was started with different hyperparameters "
-                            f"({', '.join(differs)}); resume it with the same ones, "
-                            "or choose another --run_name")
-        differs = _differences(previous.get("data"), data)
-        if differs:
-            raise UserError(f"run {path} was started on other data ({', '.join(differs)}: "
-                            f"{previous.get('data')}); resume it with the same "
-                            "--dataset and --data_dir, or choose another --run_name")
-        return path, True, lock
-    except BaseException:
-        lock.release()
-        raise
-
-
-def _differences(previous: Optional[dict], current: dict) -> list[str]:
-    if previous is None:
-        return []
-    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-
-
-def clear_run(path: pathlib.Path) -> None:
-    """Empties an unfinished run folder (all but its lock): --restart."""
-    import shutil
-    for child in pathlib.Path(path).iterdir():
-        if child.name == LOCK_FILE:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def new_dir(parent: pathlib.Path, prefix: str = "") -> pathlib.Path:

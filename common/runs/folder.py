@@ -1,9 +1,11 @@
 """A run folder's life: claimed (locked), config.json, TensorBoard HParams,
 then metrics.json with the outcome, the lock released.
 
-Only the chief of a cluster writes the run folder; the other workers keep
-their temporary files in workertemp_<index>/ inside it (the convention of
-tf_keras' BackupAndRestore) and delete them at the end.
+A new run never reuses a folder. Naming an unfinished run (`--run_name`)
+resumes it; naming a finished one is an error. Only the chief of a cluster
+writes the run folder; the other workers keep their temporary files in
+workertemp_<index>/ inside it (the convention of tf_keras'
+BackupAndRestore) and delete them at the end.
 """
 
 import dataclasses
@@ -16,44 +18,164 @@ from absl import logging
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from common import results, strategy as strategy_lib
+from common.config.options import RunOptions, SweepTrial
+from common.distribute import strategy as strategy_lib
 from common.errors import RunFailed, UserError
-from common.options import RunOptions
+from common.runs import files
+from common.runs.lock import Lock
 
 STATUSES = ("completed", "stopped_early", "failed")
 
 
+def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
+                  hparams: dict, data: dict,
+                  restart: bool = False) -> tuple[pathlib.Path, bool, Lock]:
+    """Returns (run folder under `parent`, resuming, its lock, held by the caller).
+
+    Without `run_name` a fresh timestamped folder is created. With it, an
+    unfinished run of the same hyperparameters and data is resumed (or, with
+    `restart`, emptied and started over); a finished run, or one made with
+    other hyperparameters or data, is an error rather than an overwrite.
+    """
+    parent = pathlib.Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if run_name is None:
+            path = files.new_dir(parent)
+            return path, False, Lock(path, "run").acquire()
+        path = parent / run_name
+        # exist_ok: in a cluster another worker may create the folder (for its
+        # workertemp_<i>/) at the same moment. A run has started once its
+        # config.json exists; a folder without one holds nothing to resume.
+        path.mkdir(exist_ok=True)
+    except OSError as e:
+        raise files.os_error(e, "create the run folder") from None
+    lock = Lock(path, "run").acquire()
+    try:
+        if (path / files.METRICS_FILE).exists():
+            raise UserError(f"run {path} already finished; choose another --run_name "
+                            "(runs are never overwritten)")
+        config_path = path / files.CONFIG_FILE
+        if not config_path.exists():
+            return path, False, lock
+        try:
+            previous = files.read_json(config_path)
+            if not isinstance(previous, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as e:
+            if not restart:
+                raise UserError(f"{config_path} is damaged ({e}); rerun with --restart "
+                                "to start the run over") from None
+            previous = {}
+        if restart:
+            clear_run(path)
+            return path, False, lock
+        differs = _differences(previous.get("hparams"), hparams)
+        if differs:
+            raise UserError(f"run {path} was started with different hyperparameters "
+                            f"({', '.join(differs)}); resume it with the same ones, "
+                            "or choose another --run_name")
+        differs = _differences(previous.get("data"), data)
+        if differs:
+            raise UserError(f"run {path} was started on other data ({', '.join(differs)}: "
+                            f"{previous.get('data')}); resume it with the same "
+                            "--dataset and --data_dir, or choose another --run_name")
+        return path, True, lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _differences(previous: Optional[dict], current: dict) -> list[str]:
+    if previous is None:
+        return []
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
+def clear_run(path: pathlib.Path) -> None:
+    """Empties an unfinished run folder (all but its lock): --restart."""
+    for child in pathlib.Path(path).iterdir():
+        if child.name == files.LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 @dataclasses.dataclass
 class RunFolder:
-    """The folder of one run and the process's claim on it."""
+    """The folder of one run and this process's claim on it.
+
+    Attributes:
+        experiment: the experiment's name.
+        options: the command's flags (config.json's "flags").
+        config: the run's resolved hyperparameters.
+        strategy: the strategy the run trains under.
+        data: dataset, data_dir and source: what a resume must match.
+        run_dir: the run folder.
+        write_dir: where this process writes: the run folder, or
+            workertemp_<i>/ inside it on a cluster's other workers.
+        resuming: whether an unfinished run was found and is continued.
+        lock: the chief's lock on the run folder (None on other workers).
+        started_at: time.perf_counter() when the folder was claimed.
+        trial: the sweep's state for a sweep's trial, else None.
+    """
     experiment: str
     options: RunOptions
     config: dict
     strategy: tf.distribute.Strategy
-    data: dict                          # dataset, data_dir, source: what resume must match
+    data: dict
     run_dir: pathlib.Path
-    write_dir: pathlib.Path             # the run folder, or workertemp_<i>/ on other workers
+    write_dir: pathlib.Path
     resuming: bool = False
-    lock: Optional[results.Lock] = None
+    lock: Optional[Lock] = None
     started_at: float = 0.0
+    trial: Optional[SweepTrial] = None
 
     @property
     def is_chief(self) -> bool:
+        """Whether this process writes the run's results (distribute/strategy.py)."""
         return strategy_lib.is_chief(self.strategy)
 
     @classmethod
     def claim(cls, experiment: str, options: RunOptions, config: dict,
               strategy: tf.distribute.Strategy, data: dict,
-              extra_config: Optional[dict] = None) -> "RunFolder":
-        """Claims the run folder (the chief; locked, config.json written) or
-        finds it (other workers)."""
-        parent = (pathlib.Path(options.run_parent) if options.run_parent
-                  else pathlib.Path(options.results_dir) / experiment)
+              extra_config: Optional[dict] = None,
+              trial: Optional[SweepTrial] = None) -> "RunFolder":
+        """Claims the run folder (the chief: locked, config.json and the
+        HParams summary written) or finds it (the other workers).
+
+        Args:
+            experiment: the experiment's name.
+            options: the command's flags; results_dir, run_name and restart
+                say which folder (a sweep's trial: `trial` does).
+            config: the resolved hyperparameters (a resume must match them).
+            strategy: the run's strategy (which process is the chief).
+            data: dataset, data_dir and source (a resume must match them).
+            extra_config: more entries for config.json (class names, ...).
+            trial: a sweep's trial: its folder is trial.name inside
+                trial.sweep_dir, never restarted, and config.json records
+                the trial.
+
+        Returns:
+            The claimed RunFolder; the caller releases it (release()).
+
+        Raises:
+            UserError: the run already finished, was started with other
+                hyperparameters or data, is damaged, is locked by another
+                process, or its folder cannot be written.
+        """
+        if trial is not None:
+            parent, run_name, restart = pathlib.Path(trial.sweep_dir), trial.name, False
+        else:
+            parent = pathlib.Path(options.results_dir) / experiment
+            run_name, restart = options.run_name, options.restart
         label = strategy_lib.strategy_name(strategy)
         replicas = strategy.num_replicas_in_sync
         if not strategy_lib.is_chief(strategy):
-            run_dir = parent / options.run_name
-            if (run_dir / results.METRICS_FILE).exists():
+            run_dir = parent / run_name
+            if (run_dir / files.METRICS_FILE).exists():
                 raise UserError(f"run {run_dir} already finished; choose another --run_name "
                                 "(runs are never overwritten)")
             index = strategy_lib.task_id(strategy)
@@ -61,16 +183,16 @@ class RunFolder:
             try:
                 write_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise results.os_error(e, "create the worker folder") from None
+                raise files.os_error(e, "create the worker folder") from None
             logging.info("Worker %d is not the chief: the chief writes the run's results; "
                          "this worker keeps its temporary files in %s", index, write_dir)
             return cls(experiment, options, config, strategy, data, run_dir, write_dir,
-                       started_at=time.perf_counter())
-        run_dir, resuming, lock = results.claim_run_dir(
-            parent, options.run_name, config, data, restart=options.restart)
+                       started_at=time.perf_counter(), trial=trial)
+        run_dir, resuming, lock = claim_run_dir(parent, run_name, config, data,
+                                                restart=restart)
         folder = cls(experiment, options, config, strategy, data, run_dir, run_dir,
-                     resuming, lock, time.perf_counter())
-        if options.run_parent:  # a trial of a sweep: the sweep is what resumes
+                     resuming, lock, time.perf_counter(), trial)
+        if trial is not None:  # the sweep is what resumes
             logging.info("%s %s (%s, %d replica(s)); to resume the sweep after an "
                          "interruption: --sweep_name=%s", "Resuming" if resuming else
                          "Starting", run_dir, label, replicas, parent.name)
@@ -79,26 +201,28 @@ class RunFolder:
                          "--run_name=%s", "Resuming" if resuming else "Starting", run_dir,
                          label, replicas, run_dir.name)
         try:
-            if not (run_dir / results.CONFIG_FILE).exists():
-                results.write_json_atomic(run_dir / results.CONFIG_FILE, {
+            if not (run_dir / files.CONFIG_FILE).exists():
+                files.write_json_atomic(run_dir / files.CONFIG_FILE, {
                     "experiment": experiment,
                     "hparams": config,
                     "data": data,
                     "flags": dataclasses.asdict(options),
+                    **({"trial": trial.as_dict()} if trial is not None else {}),
                     "num_replicas": replicas,
                     "strategy": label,
-                    "versions": results.library_versions(),
+                    "versions": files.library_versions(),
                     **(extra_config or {}),
                 })
                 write_hparams(run_dir, config, f"{experiment}/{run_dir.name}"
-                              if not options.run_parent else
+                              if trial is None else
                               f"{experiment}/{parent.name}/{run_dir.name}")
         except OSError as e:
             lock.release()
-            raise results.os_error(e, "write to the run folder") from None
+            raise files.os_error(e, "write to the run folder") from None
         return folder
 
     def release(self) -> None:
+        """Releases the lock on the run folder (a no-op without one)."""
         if self.lock is not None:
             self.lock.release()
 
@@ -106,7 +230,7 @@ class RunFolder:
         """Writes metrics.json (last, atomically) with the run's status and
         the figures common to every run; drops what resuming needed."""
         assert status in STATUSES, status
-        history = results.read_history(self.write_dir)
+        history = files.read_history(self.write_dir)
         seconds = [row.get("wall_seconds") for row in history]
         rates = [row["images_per_second"] for row in history
                  if row.get("images_per_second") is not None]
@@ -131,7 +255,7 @@ class RunFolder:
         if not self.is_chief:
             shutil.rmtree(self.write_dir, ignore_errors=True)
             return payload
-        results.write_json_atomic(self.run_dir / results.METRICS_FILE, payload)
+        files.write_json_atomic(self.run_dir / files.METRICS_FILE, payload)
         # Only now is the run safe on disk: drop what resuming needed. A
         # completed run's final evaluation had every worker take part, so no
         # worker still writes its backup copy; a failed one stopped without

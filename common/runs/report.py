@@ -1,7 +1,7 @@
 """Every run's outcome in one place, readable without TensorBoard.
 
-    python -m common.report                      # reads results/, writes results/report.md
-    python -m common.report --results_dir=DIR
+    python -m common.runs.report                    # reads results/, writes results/report.md
+    python -m common.runs.report --results_dir=DIR
 
 Reads every `metrics.json` under the results folder (runs, and the trials of
 sweeps), prints one table per experiment and a comparison of the

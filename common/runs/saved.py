@@ -1,5 +1,5 @@
-"""Finished runs as readers see them: found safely, their models loaded the
-way their metrics.json declares, and scored again (--mode=eval).
+"""Finished runs as readers see them: found safely, and their models saved,
+declared and loaded the way their metrics.json says.
 
 A run declares its models in metrics.json:
 
@@ -16,17 +16,13 @@ made a run: it follows these declarations.
 
 import contextlib
 import importlib
-import math
 import pathlib
 from typing import Any, Optional
 
-from absl import logging
-import tensorflow as tf
 import tf_keras
 
-from common import data, evaluation, results
 from common.errors import UserError
-from common.options import RunOptions
+from common.runs import files
 
 FORMATS = ("keras", "h5", "tflite", "saved_model")
 FINISHED = ("completed", "stopped_early")
@@ -67,10 +63,10 @@ def _scope(entry: dict):
     return getattr(importlib.import_module(module), function)()
 
 
-def run_folder(results_dir: str, experiment: str, run_name: str) -> pathlib.Path:
+def find_finished(results_dir: str, experiment: str, run_name: str) -> pathlib.Path:
     """results_dir/experiment/run_name, which must be a finished run:
     metrics.json readable, with a finished status. Raises UserError."""
-    results.check_name("run_name", run_name)
+    files.check_name("run_name", run_name)
     path = pathlib.Path(results_dir) / experiment / run_name
     if not path.is_dir():
         raise UserError(f"no run {path} (expected a folder made by launch.py "
@@ -80,7 +76,7 @@ def run_folder(results_dir: str, experiment: str, run_name: str) -> pathlib.Path
 
 def finished(path: pathlib.Path) -> pathlib.Path:
     """`path` if it holds a finished run, else UserError saying why not."""
-    metrics_path = path / results.METRICS_FILE
+    metrics_path = path / files.METRICS_FILE
     if not metrics_path.exists():
         raise UserError(f"run {path} is not finished (no metrics.json); resume it "
                         "first, or choose a finished run")
@@ -95,21 +91,21 @@ def finished(path: pathlib.Path) -> pathlib.Path:
 def read_metrics(path: pathlib.Path) -> dict:
     """A run's metrics.json; UserError if it is damaged."""
     try:
-        metrics = results.read_json(pathlib.Path(path) / results.METRICS_FILE)
+        metrics = files.read_json(pathlib.Path(path) / files.METRICS_FILE)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {pathlib.Path(path) / results.METRICS_FILE}: "
+        raise UserError(f"cannot read {pathlib.Path(path) / files.METRICS_FILE}: "
                         f"{e}") from None
     if not isinstance(metrics, dict):
-        raise UserError(f"{pathlib.Path(path) / results.METRICS_FILE} is damaged "
+        raise UserError(f"{pathlib.Path(path) / files.METRICS_FILE} is damaged "
                         "(not a JSON object)")
     return metrics
 
 
 def read_config(path: pathlib.Path) -> dict:
     """A run's config.json; UserError if it is missing or damaged."""
-    config_path = pathlib.Path(path) / results.CONFIG_FILE
+    config_path = pathlib.Path(path) / files.CONFIG_FILE
     try:
-        config = results.read_json(config_path)
+        config = files.read_json(config_path)
         if not isinstance(config, dict) or not isinstance(config.get("hparams"), dict):
             raise ValueError("no hparams object")
     except (OSError, ValueError) as e:
@@ -152,46 +148,3 @@ def load_entry(path: pathlib.Path, entry: dict, compile: bool = True) -> tf_kera
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load the model {model_path} ({type(e).__name__}: "
                         f"{first}); is the file damaged?") from None
-
-
-def evaluate_run(options: RunOptions, config: dict,
-                 strategy: tf.distribute.Strategy) -> dict[str, Any]:
-    """--mode=eval: every model the run declares, on the test split (of the
-    run's data unless --dataset/--data_dir say otherwise); writes eval.json."""
-    from common import export
-    run_dir = run_folder(options.results_dir, options.experiment, options.run_name)
-    saved = read_config(run_dir)
-    recorded = read_metrics(run_dir)
-    dataset = options.dataset or saved["hparams"].get("dataset", config["dataset"])
-    data_dir = options.data_dir or (saved.get("data") or {}).get("data_dir")
-    splits = data.load(dataset, data_dir=data_dir,
-                       validation_fraction=saved["hparams"].get("validation_fraction",
-                                                                config["validation_fraction"]),
-                       hparams={**config, **saved["hparams"]})
-    test_ds = evaluation.eval_dataset(splits.test, splits.num_test, config["batch_size"])
-    images, labels = None, None
-    scores = {}
-    for entry in declared_models(run_dir):
-        if entry["format"] in ("keras", "h5"):
-            with strategy.scope():
-                model = load_entry(run_dir, entry)
-            scores[entry["name"]] = evaluation.Evaluator(model, strategy)(test_ds)
-            continue
-        if images is None:
-            images, labels = evaluation.split_arrays(splits.test)
-        if entry["format"] == "tflite":
-            scores[entry["name"]] = export.tflite_scores(run_dir / entry["path"], images, labels)
-        else:
-            scores[entry["name"]] = export.saved_model_scores(run_dir / entry["path"],
-                                                              images, labels)
-    payload = {"run": options.run_name, "dataset": dataset,
-               "num_test_examples": splits.num_test, "models": scores,
-               "recorded_test_accuracy": recorded.get("test_accuracy")}
-    results.write_json_atomic(run_dir / "eval.json", payload)
-    for name, score in scores.items():
-        logging.info("Evaluated %s of %s on %s: test accuracy %.4f, loss %s (%d examples)",
-                     name, run_dir, dataset, score["accuracy"],
-                     "-" if score["loss"] is None or math.isnan(score["loss"])
-                     else f"{score['loss']:.4f}", score["examples"])
-    return payload
-

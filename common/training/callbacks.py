@@ -1,9 +1,9 @@
-"""Compiling a model and the callbacks every stage of every run trains with.
+"""The callbacks every stage of every run trains with.
 
 The callbacks, in the order Keras calls them at the end of an epoch:
 
   stage callbacks        the stage's own (UpdatePruningStep re-masks first)
-  EpochRecorder          validation (exact: common/evaluation.py), timing
+  EpochRecorder          validation (exact: training/evaluation.py), timing
   DivergenceGuard        a non-finite loss stops the stage; the run fails
   ResumableEarlyStopping EarlyStopping whose state survives a kill
   EpochLogKeeper         the epoch's logs beside the backup, before it
@@ -27,46 +27,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from common import results
 from common.errors import UserError
+from common.runs import files
 
 LOG_FILE = "last_epoch.json"
-
-
-def learning_rate(config: dict, rate: float, total_steps: int):
-    """`rate`, constant or decayed to 0 by a cosine over `total_steps` steps
-    (config["lr_schedule"])."""
-    if config["lr_schedule"] == "cosine":
-        return tf_keras.optimizers.schedules.CosineDecay(rate, max(1, total_steps))
-    return rate
-
-
-def build_optimizer(config: dict, rate: float,
-                    total_steps: int) -> tf_keras.optimizers.Optimizer:
-    """The optimizer config["optimizer"] names (choices.OPTIMIZERS), at
-    `rate` with config's schedule; SGD with config["momentum"]."""
-    name = config["optimizer"]
-    rate = learning_rate(config, rate, total_steps)
-    if name == "sgd":
-        return tf_keras.optimizers.SGD(rate, momentum=config["momentum"])
-    return {"adam": tf_keras.optimizers.Adam, "adamw": tf_keras.optimizers.AdamW,
-            "rmsprop": tf_keras.optimizers.RMSprop}[name](rate)
-
-
-def compile_model(model: tf_keras.Model, config: dict, rate: float, total_steps: int,
-                  speed_levers: bool = True) -> None:
-    """Compiles for classification from logits (sparse integer labels), with
-    config's steps_per_execution and jit_compile unless `speed_levers` is
-    False (one step per call, no XLA)."""
-    levers = ({"steps_per_execution": config["steps_per_execution"],
-               "jit_compile": config["jit_compile"]} if speed_levers else {})
-    model.compile(optimizer=build_optimizer(config, rate, total_steps),
-                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], **levers)
-    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        # Keras' default ("auto": sum over replicas) adds up the workers'
-        # already-synchronised metric values in the progress bar.
-        model.distribute_reduction_method = "first"
 
 
 class EpochRecorder(tf_keras.callbacks.Callback):
@@ -158,7 +122,7 @@ class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
         path = self._state(epoch - 1)
         if not path.exists():
             return
-        state = results.read_json(path)
+        state = files.read_json(path)
         self.wait, self.best = state["wait"], state["best"]
         self.best_epoch = state["best_epoch"]
         with np.load(self.state_dir / f"early_stopping_best_{self.best_epoch}.npz") as f:
@@ -177,14 +141,14 @@ class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
             tmp = best_file.with_suffix(".tmp.npz")
             np.savez(tmp, *self.best_weights)
             tmp.replace(best_file)
-        results.write_json_atomic(self._state(epoch), {
+        files.write_json_atomic(self._state(epoch), {
             "epoch": epoch, "wait": self.wait, "best": float(self.best),
             "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch})
         # Keep what a resume from this epoch or the one before may need.
         keep = {self._state(epoch).name, self._state(epoch - 1).name, best_file.name}
         previous = self._state(epoch - 1)
         if previous.exists():
-            keep.add(f"early_stopping_best_{results.read_json(previous)['best_epoch']}.npz")
+            keep.add(f"early_stopping_best_{files.read_json(previous)['best_epoch']}.npz")
         for path in self.state_dir.glob("early_stopping_*"):
             if path.name not in keep:
                 path.unlink(missing_ok=True)
@@ -201,7 +165,7 @@ class EpochLogKeeper(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.backup_dir.mkdir(parents=True, exist_ok=True)
-        results.write_json_atomic(self.backup_dir / LOG_FILE,
+        files.write_json_atomic(self.backup_dir / LOG_FILE,
                                   {"epoch": epoch, "logs": _plain(logs or {})})
 
 
@@ -225,7 +189,7 @@ class HistoryWriter(tf_keras.callbacks.Callback):
     def __init__(self, run_dir: pathlib.Path, backup_dir: pathlib.Path, stage_first_epoch: int,
                  stage_name: str):
         super().__init__()
-        self.path = pathlib.Path(run_dir) / results.HISTORY_FILE
+        self.path = pathlib.Path(run_dir) / files.HISTORY_FILE
         self.logs_dir = pathlib.Path(run_dir) / "logs"
         self.backup_dir = pathlib.Path(backup_dir)
         self.stage_first_epoch = stage_first_epoch
@@ -239,25 +203,25 @@ class HistoryWriter(tf_keras.callbacks.Callback):
         if self._checked:
             return
         self._checked = True
-        rows = results.read_history(self.path.parent)
+        rows = files.read_history(self.path.parent)
         later = [r for r in rows if r["epoch"] >= epoch]
         rows = [r for r in rows if r["epoch"] < epoch]
         if epoch > self.stage_first_epoch and not any(r["epoch"] == epoch - 1 for r in rows):
             kept = self.backup_dir / LOG_FILE
-            if kept.exists() and results.read_json(kept).get("epoch") == epoch - 1:
-                row = {"epoch": epoch - 1, **results.read_json(kept)["logs"]}
+            if kept.exists() and files.read_json(kept).get("epoch") == epoch - 1:
+                row = {"epoch": epoch - 1, **files.read_json(kept)["logs"]}
                 rows.append(row)
                 write_epoch_scalars(self.logs_dir, row)
         if epoch == self.stage_first_epoch and later:
             logging.warning("Stage %s: no backup to resume from; restarting it at epoch %d "
                             "(history from there on is dropped)", self.stage_name, epoch + 1)
-        if later or rows != results.read_history(self.path.parent):
-            results.write_history(self.path.parent, rows)
+        if later or rows != files.read_history(self.path.parent):
+            files.write_history(self.path.parent, rows)
 
     def on_epoch_end(self, epoch, logs=None):
-        rows = [r for r in results.read_history(self.path.parent) if r["epoch"] != epoch]
+        rows = [r for r in files.read_history(self.path.parent) if r["epoch"] != epoch]
         rows.append({"epoch": epoch, **_plain(logs or {})})
-        results.write_history(self.path.parent, rows)
+        files.write_history(self.path.parent, rows)
 
 
 def write_epoch_scalars(logs_dir: pathlib.Path, row: dict) -> None:

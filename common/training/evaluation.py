@@ -3,48 +3,18 @@
 Keras' evaluate() hands a strategy the last, partial batch as it is; with
 more replicas than examples left, a replica gets an empty batch and the
 convolution fails ("input depth must be evenly divisible"), and on TPUs the
-partial batch cannot be compiled at all. Here an evaluation split is padded
-to whole global batches (times the workers of a cluster) with examples of
-weight 0, and the model's loss and accuracy are summed with those weights
+partial batch cannot be compiled at all. data/pipeline.py's eval_dataset
+pads an evaluation split to whole global batches (times the workers of a
+cluster) with examples of weight 0, and the model's loss and accuracy are summed with those weights
 across replicas and workers: the figures are over exactly the real
 examples, and `examples` says how many that was.
 """
 
 import math
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
-
-
-AUTOTUNE = tf.data.AUTOTUNE
-
-
-def eval_dataset(split: tf.data.Dataset, num_examples: int, global_batch: int,
-                 num_workers: int = 1) -> tf.data.Dataset:
-    """(images float32 [B, H, W, C], labels int64 [B], weights float32 [B])
-    batches of exactly `global_batch`: the split's examples with weight 1,
-    then zero-weight padding up to a multiple of global_batch * num_workers.
-    """
-    multiple = global_batch * max(1, num_workers)
-    pad = (-num_examples) % multiple
-    if num_examples == 0:
-        pad = multiple
-    weighted = split.map(lambda x, y: (x, y, tf.constant(1.0)))
-    if pad:
-        image_spec, label_spec = split.element_spec
-        filler = tf.data.Dataset.from_tensors(
-            (tf.zeros(image_spec.shape, image_spec.dtype),
-             tf.zeros(label_spec.shape, label_spec.dtype), tf.constant(0.0))).repeat(pad)
-        weighted = weighted.concatenate(filler)
-    ds = weighted.cache().batch(global_batch, drop_remainder=True)
-    ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=AUTOTUNE)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
 
 
 class Evaluator:
@@ -110,17 +80,3 @@ def scores_from_probabilities(probabilities: np.ndarray, labels: np.ndarray,
     return {"loss": float(-log_p[np.arange(count), labels].mean()),
             "accuracy": float((outputs.argmax(axis=1) == labels).mean()),
             "examples": count}
-
-
-def split_arrays(split: tf.data.Dataset, limit: Optional[int] = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """A split as NumPy arrays (images uint8 [N, H, W, C], labels int64 [N])."""
-    ds = split.take(limit) if limit else split
-    images, labels = [], []
-    for image, label in ds.batch(1024):
-        images.append(image.numpy())
-        labels.append(label.numpy())
-    if not images:
-        shape = tuple(split.element_spec[0].shape)
-        return np.zeros((0,) + shape, np.uint8), np.zeros((0,), np.int64)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)

@@ -1,11 +1,11 @@
-"""Speed levers every experiment accepts: steps_per_execution, XLA, mixed precision.
+"""Numeric precision: the mixed-precision policy, checked against the
+hardware, and float32 copies of models for what only runs in float32.
 
-They are hyperparameters like any other (declared in common.hparams.SHARED,
-so they land in config.json and the HParams dashboard, and `--hparams` or
-the dedicated flags set them); an experiment's config.py may choose its own
-defaults, measured with bench/levers.py. common/fitting.py passes
-steps_per_execution and jit_compile to compile(); this module checks the
-precision against the hardware and sets the Keras policy.
+mixed_precision is a hyperparameter like the other speed levers
+(steps_per_execution and jit_compile, which training/optimizers.py passes
+to compile()): declared in common.config.hparams.SHARED, so it lands in
+config.json and the HParams dashboard; an experiment may choose its own
+default, measured with bench/levers.py.
 """
 
 import contextlib
@@ -64,3 +64,31 @@ def precision(config: dict):
         yield
     finally:
         tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def _policies(model: tf_keras.Model) -> set[str]:
+    names = set()
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.Model):
+            names |= _policies(layer)
+        else:
+            names.add(layer.dtype_policy.name)
+    return names
+
+
+def as_float32(model: tf_keras.Model) -> tf_keras.Model:
+    """`model` itself when every layer computes in float32; else a copy whose
+    layers (nested models' too) are float32, with the same weights. Compression
+    (pruning, quantization-aware training) only runs in float32, so a model
+    trained under mixed_bfloat16 or mixed_float16 is converted on entry."""
+    if _policies(model) <= {"float32"}:
+        return model
+
+    def clone(layer):
+        if isinstance(layer, tf_keras.Model):
+            return as_float32(layer)
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = tf_keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

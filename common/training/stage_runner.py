@@ -1,5 +1,6 @@
-"""The stage runner: runs any list of stages (common/stages.py) with one
-resume layout for all."""
+"""The stage runner: runs any list of stages (training/stages.py) with one
+resume layout for all: finished stages restored from disk, the interrupted
+one continued from its backup, the rest trained."""
 
 import contextlib
 import dataclasses
@@ -11,8 +12,10 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
-from common import fitting, models as model_lib, results, strategy as strategy_lib
-from common.stages import Stage, StageContext, StageRecord
+from common.distribute import strategy as strategy_lib
+from common.runs import files
+from common.training import callbacks as callback_lib, optimizers, precision
+from common.training.stages import Stage, StageContext, StageRecord
 
 # What a stage falls back from: TFMOT's errors under tf.distribute.
 FALLBACK_ERRORS = (ValueError, TypeError, NotImplementedError, RuntimeError,
@@ -25,8 +28,14 @@ def _model_file(stage: "Stage") -> str:
 
 @dataclasses.dataclass
 class Outcome:
-    """What fit_stages() leaves: the final model, the stage records, and
-    either nothing wrong or why the run diverged."""
+    """What StageRunner.run() leaves.
+
+    Attributes:
+        model: the final model (None when the run diverged).
+        records: one StageRecord per stage, finished or not.
+        diverged: why the run diverged (stage, epoch, batch), else None.
+        strategy: the strategy the final model was built under.
+    """
     model: Optional[tf_keras.Model]
     records: list[StageRecord]
     diverged: Optional[str] = None
@@ -79,7 +88,7 @@ class StageRunner:
         if not path.exists():
             return None
         try:
-            return results.read_json(path)
+            return files.read_json(path)
         except (OSError, ValueError):
             return None
 
@@ -135,7 +144,7 @@ class StageRunner:
     def _transformed(self, model, index: int, strategy) -> tf_keras.Model:
         stage, context = self.stages[index], self.context(index, strategy)
         if stage.float32:
-            model = model_lib.as_float32(model)
+            model = precision.as_float32(model)
         if stage.on_start:
             model = stage.on_start(model, context)
         if stage.on_end:
@@ -152,7 +161,7 @@ class StageRunner:
         else:
             model.save_weights(str(folder / "weights"))
         # The marker comes last: a stage is done only once its result is whole.
-        results.write_json_atomic(folder / "done.json", record.as_dict())
+        files.write_json_atomic(folder / "done.json", record.as_dict())
         self.drop_backup(stage)
 
     def drop_backup(self, stage: Stage) -> None:
@@ -229,11 +238,11 @@ class StageRunner:
         end = context.first_epoch + stage.epochs
         with self._precision(stage), strategy.scope():
             if stage.float32:
-                model = model_lib.as_float32(model)
+                model = precision.as_float32(model)
             if stage.on_start:
                 model = stage.on_start(model, context)
             if stage.epochs > 0:
-                fitting.compile_model(model, self.config, stage.learning_rate, context.steps,
+                optimizers.compile_model(model, self.config, stage.learning_rate, context.steps,
                                       speed_levers=stage.speed_levers)
         name = strategy_lib.strategy_name(strategy)
         record = StageRecord(stage.name, context.first_epoch, end - 1, None,
@@ -245,14 +254,14 @@ class StageRunner:
                              stage.name, context.first_epoch + 1, end, stage.learning_rate,
                              len(model.trainable_weights),
                              "" if strategy is self.strategy else f", under {name}")
-            fitting.check_backup(self.keras_backup_dir(stage), self.run_dir)
+            callback_lib.check_backup(self.keras_backup_dir(stage), self.run_dir)
             try:
                 self.backup_dir(stage).mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise results.os_error(e, "create the backup folder") from None
-            guard = fitting.DivergenceGuard()
+                raise files.os_error(e, "create the backup folder") from None
+            guard = callback_lib.DivergenceGuard()
             extra = stage.callbacks(context) if stage.callbacks else []
-            callbacks, early = fitting.stage_callbacks(
+            callbacks, early = callback_lib.stage_callbacks(
                 write_dir=self.write_dir, backup_dir=self.backup_dir(stage),
                 keras_backup_dir=self.keras_backup_dir(stage), config=self.config,
                 global_batch=self.global_batch,
@@ -261,7 +270,7 @@ class StageRunner:
             with self._precision(stage):
                 self._fit(model, context, callbacks)
             diverged = guard.diverged
-            trained = [r["epoch"] for r in results.read_history(self.write_dir)
+            trained = [r["epoch"] for r in files.read_history(self.write_dir)
                        if context.first_epoch <= r["epoch"] < end]
             record.last_epoch = max(trained) if trained else None
             if early is not None:

@@ -19,7 +19,7 @@ Resume layout, in the folder a process writes to:
 
 Killed in stage k, the same command restores stage k-1's result, applies
 stage k's on_start again and continues stage k from its backup: finished
-stages are never trained again. The runner is common/stage_runner.py.
+stages are never trained again. The runner is training/stage_runner.py.
 """
 
 import dataclasses
@@ -128,7 +128,7 @@ class FinishContext:
     (unbatched uint8 images, int64 labels, and as evaluation batches) and
     the folder the process writes to. finish() returns a dict that joins
     metrics.json; its "test" ({"accuracy", "loss", "examples"}) replaces the
-    headline test figures, and its "models" (saved_runs.declare entries)
+    headline test figures, and its "models" (runs.saved.declare entries)
     join the run's declared models."""
     config: dict
     strategy: tf.distribute.Strategy

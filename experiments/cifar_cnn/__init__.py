@@ -18,7 +18,7 @@ import tf_keras
 from tf_keras import layers
 
 from common.errors import UserError
-from common.hparams import HParam
+from common.config.hparams import HParam
 
 
 def get_config() -> dict:

@@ -22,7 +22,7 @@ better, since VGG's features were learned at 224x224; also unmeasured here.
 `learning_rate` is unused here: each phase has its own.
 """
 
-from common.hparams import HParam
+from common.config.hparams import HParam
 
 # VGG16's convolution layers, bottom to top: where phase 2 may start.
 VGG16_CONV_LAYERS = tuple(

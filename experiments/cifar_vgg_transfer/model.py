@@ -6,9 +6,9 @@ import numpy as np
 import tf_keras
 from tf_keras import layers
 
-from common import data
+from common.data import pipeline, sources
 from common.errors import UserError
-from common.stages import Stage
+from common.training.stages import Stage
 
 WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 BASE_NAME = "vgg16"
@@ -21,7 +21,7 @@ VGG16_LAYERS = tuple(
 
 def _imagenet_base(input_shape) -> tf_keras.Model:
     cached = pathlib.Path("~/.keras/models").expanduser()
-    if not (cached / WEIGHTS_FILE).exists() and not data.network_available():
+    if not (cached / WEIGHTS_FILE).exists() and not sources.network_available():
         raise UserError(_no_download_message("no network"))
     try:
         return tf_keras.applications.VGG16(include_top=False, weights="imagenet",
@@ -131,4 +131,4 @@ def augment(image, label, config: dict):
     """Training-only augmentation, run inside the tf.data pipeline."""
     if not config["augment"]:
         return image, label
-    return data.pad_crop_flip(image, label, config["augment_pad"])
+    return pipeline.pad_crop_flip(image, label, config["augment_pad"])

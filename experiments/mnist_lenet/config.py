@@ -17,7 +17,7 @@ Your own images, class folders (README, "Your own images"):
 0.816 (mean of 5 seeds, measured 2026-11-29; the same images as IDX: 0.808).
 """
 
-from common.hparams import HParam
+from common.config.hparams import HParam
 
 
 def get_config() -> dict:

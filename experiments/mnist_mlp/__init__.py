@@ -14,7 +14,7 @@ data's image shape, so any dataset runs (CIFAR-10, image folders).
 import tf_keras
 from tf_keras import layers
 
-from common.hparams import HParam
+from common.config.hparams import HParam
 
 
 def get_config() -> dict:

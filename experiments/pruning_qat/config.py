@@ -23,7 +23,7 @@ float one and about 10x smaller when both are gzipped.
 `learning_rate` is unused here: each stage has its own.
 """
 
-from common.hparams import HParam
+from common.config.hparams import HParam
 
 
 def get_config() -> dict:

@@ -11,7 +11,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
     default_8bit_quantize_configs, default_8bit_quantize_registry)
 
 import experiments
-from common import hparams, saved_runs
+from common.config import hparams
+from common.runs import saved
 from common.errors import UserError
 
 # Layers whose kernels are pruned: the ones that hold nearly all weights.
@@ -33,8 +34,8 @@ def init_run(config: dict) -> pathlib.Path:
     path = pathlib.Path(config["init_from"]).expanduser()
     if not path.is_dir():
         raise UserError(f"--init_from={config['init_from']} is not a run folder")
-    saved_runs.finished(path)
-    trained_on = saved_runs.read_config(path)["hparams"].get("dataset")
+    saved.finished(path)
+    trained_on = saved.read_config(path)["hparams"].get("dataset")
     if trained_on and trained_on != config["dataset"]:
         raise UserError(f"--init_from={config['init_from']} was trained on {trained_on!r} "
                         f"but this run uses {config['dataset']!r}; pass --dataset={trained_on}")
@@ -47,7 +48,7 @@ def build_model(config: dict, image_shape: tuple[int, ...],
     with its own defaults plus any of its hyperparameters this experiment
     also has (dropout, weights, ...)."""
     if config["init_from"]:
-        model = saved_runs.load_keras_model(init_run(config))
+        model = saved.load_keras_model(init_run(config))
         if tuple(model.input_shape[1:]) != tuple(image_shape) \
                 or model.output_shape[-1] != num_classes:
             raise UserError(f"--init_from={config['init_from']} takes {model.input_shape[1:]} "

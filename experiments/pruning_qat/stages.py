@@ -3,16 +3,20 @@
 baseline (trained, or the model of --init_from) -> pruned (prune_low_magnitude
 on entry, strip_pruning on exit) -> pqat (quantize_apply on entry; falls back
 to the default strategy where TFMOT cannot run under the run's), all run by
-common/stages.py with its resume layout. finish() exports the float TFLite
-model of the baseline and the int8 one of the PQAT model and measures every
-stage on the whole test split (TFLite through the interpreter).
+common/training/stage_runner.py with its resume layout. finish() exports the
+float TFLite model of the baseline and the int8 one of the PQAT model and
+measures every stage on the whole test split (TFLite through the
+interpreter).
 """
 
 from absl import logging
 import tensorflow_model_optimization as tfmot
 
-from common import evaluation, export, saved_runs
-from common.stages import FinishContext, Stage, StageContext
+from common.data import pipeline
+from common.deploy import tflite as tflite_lib
+from common.runs import saved
+from common.training import evaluation
+from common.training.stages import FinishContext, Stage, StageContext
 from experiments.pruning_qat import model as compression
 
 
@@ -103,33 +107,33 @@ def finish(context: FinishContext) -> dict:
     keras_models = {name: load() for name, load in context.stage_models.items()}
     tflite = {"float_tflite": model_dir / "baseline_float.tflite",
               "int8_tflite": model_dir / "pqat_int8.tflite"}
-    tflite["float_tflite"].write_bytes(export.to_tflite(keras_models["baseline"]))
-    tflite["int8_tflite"].write_bytes(export.to_tflite(keras_models["pqat"], quantize=True))
+    tflite["float_tflite"].write_bytes(tflite_lib.to_tflite(keras_models["baseline"]))
+    tflite["int8_tflite"].write_bytes(tflite_lib.to_tflite(keras_models["pqat"], quantize=True))
     integer_io = model_dir / "pqat_int8_integer_io.tflite"
-    integer_io.write_bytes(export.to_tflite(keras_models["pqat"], quantize=True,
+    integer_io.write_bytes(tflite_lib.to_tflite(keras_models["pqat"], quantize=True,
                                             integer_io=True))
-    images, labels = evaluation.split_arrays(context.test_split)
+    images, labels = pipeline.split_arrays(context.test_split)
     rows = []
     for name, model in keras_models.items():
         scores = evaluation.Evaluator(model, context.strategy)(context.test_dataset)
-        sizes = export.weights_sizes(model)
+        sizes = tflite_lib.weights_sizes(model)
         rows.append({"name": name, "format": "keras", "test_accuracy": scores["accuracy"],
                      "test_loss": scores["loss"], "num_test_examples": scores["examples"],
                      "sparsity": compression.kernel_sparsity(model), **sizes,
                      "latency_us": None})
     files = {**tflite, "int8_integer_io": integer_io}
     example = images[0].astype("float32")
-    latency = export.latency_us(files, example, invocations=config["latency_invocations"],
+    latency = tflite_lib.latency_us(files, example, invocations=config["latency_invocations"],
                                 rounds=config["latency_rounds"])
-    builtin = export.latency_us(files, example, xnnpack=False,
+    builtin = tflite_lib.latency_us(files, example, xnnpack=False,
                                 invocations=config["latency_invocations"],
                                 rounds=config["latency_rounds"])
     for name, path in tflite.items():
-        scores = export.tflite_scores(path, images, labels)
+        scores = tflite_lib.tflite_scores(path, images, labels)
         rows.append({"name": name, "format": "tflite", "test_accuracy": scores["accuracy"],
                      "test_loss": scores["loss"], "num_test_examples": scores["examples"],
-                     "sparsity": export.tflite_weight_sparsity(path),
-                     **export.file_sizes(path), "latency_us": latency[name],
+                     "sparsity": tflite_lib.tflite_weight_sparsity(path),
+                     **tflite_lib.file_sizes(path), "latency_us": latency[name],
                      "latency_us_without_xnnpack": builtin[name]})
     float_row, int8_row = rows[-2], rows[-1]
     int8_row.update({
@@ -149,15 +153,15 @@ def finish(context: FinishContext) -> dict:
     for name in ("baseline", "pruned"):
         path = model_dir / f"{name}.keras"
         keras_models[name].save(path)
-        declared.append(saved_runs.declare(context.write_dir, name, path))
-    declared += [saved_runs.declare(context.write_dir, name, path)
+        declared.append(saved.declare(context.write_dir, name, path))
+    declared += [saved.declare(context.write_dir, name, path)
                  for name, path in files.items()]
     return {
         "test": {"accuracy": int8_row["test_accuracy"], "loss": int8_row["test_loss"],
                  "examples": int8_row["num_test_examples"]},
         "test_accuracy_is": "int8 TFLite model, through the interpreter",
         "headline_model": "int8_tflite",
-        "interpreter": export.INTERPRETER,
+        "interpreter": tflite_lib.INTERPRETER,
         "models_measured": rows,
         "models": declared,
         "warnings": warnings,
