@@ -47,9 +47,25 @@ user_stderr_fd = 2
 
 @contextlib.contextmanager
 def quiet_native_startup():
-    """Runs the block (TensorFlow's import and device discovery) with the
-    process's stderr captured, then replays every line but TensorFlow's
-    start-up noise. Python-level output and errors pass through unchanged."""
+    """Runs the block with the process's stderr captured, then replays it
+    without TensorFlow's start-up noise.
+
+    Before the block runs, TensorFlow is imported and its devices listed
+    (tf.config.list_physical_devices), inside the capture, since that is
+    where its native code prints. File descriptor 2 itself is redirected to
+    a temporary file, so native and Python writes to stderr alike are held
+    back until the block ends; then every line that does not match
+    `_STARTUP_NOISE` is written to the real stderr, in order. stdout is not
+    touched, and an exception from the block propagates (after the replay).
+    While the block runs, `user_stderr_fd` is a duplicate of the real
+    stderr, for a message that must reach the user at once (launch.py's
+    interrupt handler). With TF_CPP_MIN_LOG_LEVEL=0 (the user asked for
+    TensorFlow's messages) nothing is captured and TensorFlow is not
+    imported here.
+
+    Yields:
+        None, once; the block runs with stderr captured.
+    """
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         yield
         return

@@ -18,8 +18,19 @@ class RunFailed(UserError):
 
 
 def one_line(error: BaseException) -> str:
-    """The first sentence of an error's message (TensorFlow's run to many
-    lines), or its type's name."""
+    """The first sentence of an error's message, for a one-line report.
+
+    TensorFlow's messages run to many lines: only the first line is kept,
+    and of it only the text before its first ". " when more follows (the
+    full stop dropped).
+
+    Args:
+        error: any exception.
+
+    Returns:
+        That text, or the exception type's name (e.g. "KeyError") when the
+        message is empty.
+    """
     lines = str(error).strip().splitlines()
     if not lines:
         return type(error).__name__
@@ -32,11 +43,23 @@ _SYSTEM_REASONS = ("No space left on device", "Read-only file system", "Permissi
 
 
 def system_reason(error: Exception) -> str:
-    """One line for an error TensorFlow raised for a file-system reason (its
-    writers fail with their own error types): the reason and, where the
-    message names one, the file (TensorFlow's "{{function_node ...}}" prefix,
-    "[Errno N]" and the ".tempstate<digits>" suffix of its temporary files
-    dropped); an empty string for any other error."""
+    """One line for an error TensorFlow raised for a file-system reason.
+
+    TensorFlow's file writers fail with their own error types, not OSError,
+    so launch.py recognises a full disk, a read-only file system, a denied
+    permission or an exceeded quota by the system's message text (the C
+    library's strerror wording, listed in `_SYSTEM_REASONS`). TensorFlow's
+    "{{function_node ...}}" prefix, "[Errno N]" and the ".tempstate<digits>"
+    suffix of its temporary files are dropped.
+
+    Args:
+        error: any exception.
+
+    Returns:
+        "<reason>: <file>" where the line with the reason names a file (a
+        token with a "/"), "<reason>" where it names none, or "" when the
+        message holds none of the reasons.
+    """
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error).strip())
     text = re.sub(r"\[Errno \d+\]\s*", "", text)
     for reason in _SYSTEM_REASONS:

@@ -18,8 +18,9 @@ and may provide these hooks:
   augment(image, label, config)    training-only augmentation inside the
                                    tf.data pipeline (one uint8 example)
   stages(config) -> [Stage]        stretches of training run one after the
-                                   other by common/training/stage_runner.py (default: one
-                                   stage of `epochs` at `learning_rate`)
+                                   other by common/training/stage_runner.py
+                                   (default: one stage of `epochs` at
+                                   `learning_rate`)
   finish(context) -> dict          a last step after training (export,
                                    measurement); what it returns joins
                                    metrics.json
@@ -28,6 +29,10 @@ The hooks are the package's public names: its `__all__` where it has one,
 else the public functions it defines. `get(name)` checks them: a missing
 required function or a public name that is no hook (a typo such as
 `serch_space`) is a one-line error naming it.
+
+What an experiment may import: the layers of common/ below the modes
+(config, data, distribute, runs, training, deploy); tests/test_layers.py
+checks it.
 
 Experiments kept elsewhere: folders named in the environment variable
 EXPERIMENTS_PATH (separated by os.pathsep) are searched after this one, so

@@ -31,7 +31,24 @@ _TYPES = (bool, int, float, str)
 @dataclasses.dataclass(frozen=True)
 class HParam:
     """A default and its valid values: bounds (`ge`, `gt`, `le`, `lt`, for
-    numbers) or `choices`. Floats must also be finite."""
+    numbers) or `choices`. Floats must also be finite.
+
+    The default's type is the hyperparameter's type (bool, int, float or
+    str); an int is also accepted where the type is float, a bool never
+    where it is int.
+
+    Attributes:
+        default: the value used when no source sets one; its type is the
+            hyperparameter's.
+        ge: valid values are >= ge; None: no such bound.
+        gt: valid values are > gt; None: no such bound.
+        le: valid values are <= le; None: no such bound.
+        lt: valid values are < lt; None: no such bound.
+        choices: the only valid values; None: any value of the type (within
+            the bounds).
+        help: what the hyperparameter does, in words, for readers of the
+            config; no code reads it at present.
+    """
     default: Any
     ge: Optional[float] = None
     gt: Optional[float] = None
@@ -42,10 +59,16 @@ class HParam:
 
     @property
     def kind(self) -> type:
+        """The hyperparameter's type: the default's (bool, int, float or str)."""
         return type(self.default)
 
     def valid(self) -> str:
-        """What is valid, in words ("float >= 0 and < 1")."""
+        """What is valid, in words, for error messages.
+
+        Returns:
+            "one of: a, b, c" where there are choices, else the type's name
+            and its bounds ("float >= 0 and < 1", "int >= 1", "bool").
+        """
         if self.choices is not None:
             return "one of: " + ", ".join(str(c) for c in self.choices)
         bounds = [f"{op} {_number(v)}" for op, v in
@@ -54,7 +77,17 @@ class HParam:
         return f"{self.kind.__name__}" + (" " + " and ".join(bounds) if bounds else "")
 
     def check(self, name: str, value: Any) -> None:
-        """Raises UserError unless `value` is valid for hyperparameter `name`."""
+        """Raises UserError unless `value` is valid for hyperparameter `name`.
+
+        Args:
+            name: the hyperparameter's name, for the message.
+            value: the value to check (already of a Python type, not text).
+
+        Raises:
+            UserError: `value` is not of the hyperparameter's type, is a float
+                that is not finite, is not one of the choices, or is outside
+                a bound; the message names the value and what is valid.
+        """
         kind = self.kind
         ok_type = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))
                    or (kind is float and isinstance(value, int)
@@ -114,7 +147,23 @@ SHARED: dict[str, HParam] = {
 
 def specs_of(experiment_config: Mapping[str, Any]) -> dict[str, HParam]:
     """Every hyperparameter's spec: SHARED, extended and re-defaulted by the
-    experiment's get_config()."""
+    experiment's get_config().
+
+    An HParam in the config replaces the shared spec of its name entirely; a
+    plain value for a name of SHARED keeps the shared constraints with a new
+    default; a plain value for any other name becomes an unconstrained
+    HParam of that default.
+
+    Args:
+        experiment_config: an experiment's get_config(), {name: plain default
+            or HParam}.
+
+    Returns:
+        {name: HParam}, SHARED's names first, then the experiment's own.
+
+    Raises:
+        UserError: a default is not a bool, int, float or str.
+    """
     specs = dict(SHARED)
     for name, value in experiment_config.items():
         if isinstance(value, HParam):
@@ -132,18 +181,58 @@ def specs_of(experiment_config: Mapping[str, Any]) -> dict[str, HParam]:
 
 def defaults(experiment_config: Mapping[str, Any]) -> dict[str, Any]:
     """The plain values of a get_config() dict (HParam specs unwrapped),
-    SHARED included."""
+    SHARED included.
+
+    Args:
+        experiment_config: an experiment's get_config(), {name: plain default
+            or HParam}.
+
+    Returns:
+        {name: default}, one entry per hyperparameter of `specs_of()`.
+
+    Raises:
+        UserError: a default is not a bool, int, float or str (from
+            specs_of()).
+    """
     return {name: spec.default for name, spec in specs_of(experiment_config).items()}
 
 
 def check_all(config: Mapping[str, Any], specs: Mapping[str, HParam]) -> None:
-    """Checks every value of `config` against its spec."""
+    """Checks every value of `config` against its spec.
+
+    Args:
+        config: {name: value}; every name must be a key of `specs` (a name
+            that is not raises KeyError, since the callers build `config`
+            from `specs`).
+        specs: {name: HParam}, as from specs_of().
+
+    Raises:
+        UserError: a value is invalid for its spec (HParam.check()).
+    """
     for name, value in config.items():
         specs[name].check(name, value)
 
 
 def parse_value(name: str, text: str, spec: HParam) -> Any:
-    """Converts `text` to the hyperparameter's type, or raises UserError."""
+    """Converts `text` to the hyperparameter's type, or raises UserError.
+
+    Only the type is checked here, not the bounds or choices (check_all()
+    does that). A bool is true, 1, yes or on, or false, 0, no or off, in any
+    case; an int is what int() reads (no "1e3"); a float what float()
+    reads; a str is `text` as given.
+
+    Args:
+        name: the hyperparameter's name, for the message.
+        text: the value as written (the caller strips surrounding spaces).
+        spec: the hyperparameter's HParam; its `kind` is the target type.
+
+    Returns:
+        The value, a bool, int, float or str.
+
+    Raises:
+        UserError: `text` is not a value of the type; the message names what
+            is valid and the default.
+    """
     kind = spec.kind
     try:
         if kind is bool:
@@ -165,7 +254,20 @@ def parse_value(name: str, text: str, spec: HParam) -> Any:
 
 def read_file(path: str) -> list[str]:
     """`name=value` assignments from a JSON file: a flat object, or the
-    `best_hparams.json` a sweep writes (its "hparams" object)."""
+    `best_hparams.json` a sweep writes (its "hparams" object).
+
+    Args:
+        path: the file's path (--hparams_file).
+
+    Returns:
+        ["name=value", ...] in the file's order, for override(); a JSON
+        bool is written "true" or "false", any other value as str() writes
+        it.
+
+    Raises:
+        UserError: the file cannot be read, is not JSON, or holds no JSON
+            object of hyperparameters.
+    """
     try:
         with open(path) as f:
             payload = json.load(f)
@@ -187,7 +289,27 @@ def _as_text(value: Any) -> str:
 def override(config: Mapping[str, Any], specs: Mapping[str, HParam],
              assignments: Iterable[str], source: str = "--hparams") -> dict[str, Any]:
     """Returns a copy of `config` with `name=value` assignments applied; a
-    name given twice in one source is an error."""
+    name given twice in one source is an error.
+
+    Each value is converted to its hyperparameter's type (parse_value());
+    bounds and choices are left to check_all().
+
+    Args:
+        config: {name: value}, the values so far.
+        specs: {name: HParam}, as from specs_of(); only these names may be set.
+        assignments: "name=value" strings (spaces around the name and the
+            value are stripped).
+        source: where the assignments come from ("--hparams",
+            "--hparams_file"), for messages.
+
+    Returns:
+        A new {name: value} dict; `config` itself is not changed.
+
+    Raises:
+        UserError: an entry without "=" or without a name, an unknown name
+            (the message lists the valid ones), a name set twice, or a value
+            not of its type.
+    """
     config = dict(config)
     seen: set[str] = set()
     for assignment in assignments:

@@ -8,13 +8,65 @@ from typing import Optional
 @dataclasses.dataclass
 class RunOptions:
     """Everything launch.py's flags say, and nothing else; the defaults are
-    the flags'. config.json records it as "flags"."""
+    the flags'. config.json records it as "flags".
+
+    A hyperparameter flag (HPARAM_FLAGS) of None was not given: the
+    hyperparameter then comes from the other sources (common/config/resolve.py).
+
+    Attributes:
+        experiment: the experiment's name (a folder under experiments/).
+        strategy: the tf.distribute strategy, one of choices.STRATEGIES.
+        tpu: the TPU's name or grpc:// address; empty or "local" on a TPU VM.
+        device: --strategy=one_device's device: cpu, gpu or gpu:N.
+        num_cpu_devices: logical CPU devices to split the CPU into (0: no
+            split), so MirroredStrategy runs that many replicas without
+            accelerators.
+        cluster_timeout: seconds a worker of a cluster waits for its peers
+            before it stops.
+        mode: what to do, one of choices.MODES.
+        epochs: epochs to train (multi-stage experiments: every training
+            stage), or None.
+        batch_size: the global batch, split across replicas, or None.
+        hparams: --hparams' "name=value" overrides, in order.
+        dataset: a TFDS name or image_folder, or None.
+        weights: pretrained weights (imagenet, none or a weights file's
+            path), for experiments that take them, or None.
+        init_from: a finished run folder whose model the experiment starts
+            from, or None.
+        steps_per_execution: training steps per call into the graph, or None.
+        jit_compile: XLA-compile the train step, or None.
+        mixed_precision: the Keras mixed-precision policy, one of
+            choices.PRECISIONS, or None.
+        deterministic: TensorFlow's op determinism and a deterministic input
+            pipeline, or None.
+        data_dir: TFDS' data_dir, a folder of the original files, or the
+            image folder; None: the defaults (common/data/sources.py).
+        results_dir: where run folders are created.
+        run_name: the run folder's name (an unfinished run of that name is
+            resumed), or None for a new timestamped folder.
+        restart: start the unfinished run `run_name` over.
+        seed: the random seed.
+        hparams_file: a JSON file of hyperparameters (a sweep's
+            best_hparams.json), or None.
+        tuner: --mode=tune's Keras Tuner algorithm, one of choices.TUNERS.
+        max_trials: trials of a random or bayesian sweep.
+        max_epochs: Hyperband's max_epochs; for random and bayesian sweeps,
+            each trial's epochs; or None.
+        hyperband_factor: Hyperband's reduction factor.
+        sweep_name: the sweep folder's name (an unfinished sweep of that name
+            is resumed), or None for a new sweep-<timestamp> folder.
+        inputs: --mode=predict's image file, folder or glob, or None.
+        top_k: --mode=predict: classes listed per image.
+        output: --mode=predict's CSV file, or None for predictions.csv in the
+            run folder.
+        verbose: Keras progress: 1 a bar, 2 one line per epoch, 0 none.
+    """
     experiment: str
     strategy: str = "default"
     tpu: str = ""
     device: str = "cpu"
     num_cpu_devices: int = 0
-    cluster_timeout: float = 900.0  # seconds a worker waits for its peers
+    cluster_timeout: float = 900.0
     mode: str = "train"
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -42,7 +94,7 @@ class RunOptions:
     inputs: Optional[str] = None
     top_k: int = 1
     output: Optional[str] = None
-    verbose: int = 1  # Keras progress: 1 bar, 2 one line per epoch, 0 none
+    verbose: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,11 @@ CACHE_VERSION = 1
 
 def cache_dir() -> pathlib.Path:
     """Where decoded folders are cached: $IMAGE_FOLDER_CACHE, else
-    $XDG_CACHE_HOME/keras-experiments/image_folder, else under ~/.cache."""
+    $XDG_CACHE_HOME/keras-experiments/image_folder, else under ~/.cache.
+
+    Returns:
+        The folder's path, "~" expanded; it is not created here.
+    """
     if os.environ.get(CACHE_ENV):
         return pathlib.Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
@@ -122,7 +126,42 @@ def _write_cache(path: pathlib.Path, records: list[dict], images: np.ndarray) ->
 
 def decoded(scanned, channels: int, size: int) -> tuple[list[dict], np.ndarray, dict]:
     """Every file's record and the converted images of the usable ones
-    (uint8 [N, H, W, C], in file order), from the cache or decoded."""
+    (uint8 [N, H, W, C], in file order), from the cache or decoded.
+
+    On a cache miss every file is decoded and converted (images.decode(),
+    images.convert()) by a pool of up to 8 threads; with `channels` 0 and
+    grey and colour images mixed, the grey ones are then copied to RGB. The
+    result is cached (see the module docstring) unless the images differ in
+    size; a cache that cannot be written is a warning, not an error.
+
+    Args:
+        scanned: image_folder.scan()'s result; its `folder` and `files` (each
+            with `path`, `rel`, `size`, `mtime_ns`) are read.
+        channels: 1 grey, 3 RGB; 0: grey if every usable image is grey
+            (or grey+alpha), else RGB.
+        size: images resized to size x size pixels; 0: their own size.
+
+    Returns:
+        (records, images, cache):
+        records: one dict per file of `scanned.files`, in order: "file" (its
+            rel path) and either "reason" (why it cannot be used) or
+            "format", "mode", "height", "width", "native_channels" (as
+            stored), "digest" (BLAKE2b of the decoded pixels, before
+            conversion), the booleans "alpha_flattened", "channels" and
+            "resized", and, where true, "exif_rotated" and
+            "extension_mismatch".
+        images: uint8 [N, H, W, C], N the records without "reason", in the
+            same order; with none, uint8 [0, size or 1, size or 1,
+            channels or 1].
+        cache: {"hit": read from the cache, "path": the cache file (None
+            where it could not be written), "decoded_files": files decoded
+            (0 on a hit), "seconds": time taken}.
+
+    Raises:
+        UserError: the usable images differ in height or width (possible
+            only with `size` 0); the message names up to three sizes and
+            suggests --hparams=image_size=N.
+    """
     start = time.perf_counter()
     path = _cache_path(scanned.folder, scanned.files, channels, size)
     cached = _read_cache(path, len(scanned.files))

@@ -30,8 +30,9 @@ is resized to `image_size` x `image_size` (Pillow's bilinear filter, which is
 antialiased when shrinking; the aspect ratio is not kept), or, with
 image_size 0, kept at its own size, which every image must then share.
 
-Before training, one cleaning pass builds a report (runner writes it as
-data_report.json into the run folder; a summary is logged):
+Before training, one cleaning pass builds a report (common/data/image_report.py;
+common/training/run.py writes it as data_report.json into the run folder; a
+summary is logged):
   - files that cannot be used: empty, not an image, truncated or corrupt,
     unsupported extension, outside a class folder: skipped, each with why;
   - exact duplicates by decoded pixels: within a class and split, kept once;
@@ -44,14 +45,15 @@ data_report.json into the run folder; a summary is logged):
 A class without an image in every split is a UserError naming it; so are an
 empty folder, one without class folders, and a single class.
 
-Decoded, converted images are cached on disk (CACHE_ENV, else
-$XDG_CACHE_HOME or ~/.cache, under keras-experiments/image_folder/), keyed
-by the folder, every image file's path, size and modification time, and the
-target size and channels: a second run or a sweep's next trial reads one
-.npz instead of decoding; any change to the folder's images invalidates it.
-The training pipeline (data/pipeline.py) then batches and prefetches as
-for every source. The whole converted folder is held in memory, as for the
-other local sources: for large folders keep image_size modest.
+Decoded, converted images are cached on disk (common/data/image_cache.py:
+CACHE_ENV, else $XDG_CACHE_HOME or ~/.cache, under
+keras-experiments/image_folder/), keyed by the folder, every image file's
+path, size and modification time, and the target size and channels: a
+second run or a sweep's next trial reads one .npz instead of decoding; any
+change to the folder's images invalidates it. The training pipeline
+(common/data/pipeline.py) then batches and prefetches as for every source.
+The whole converted folder is held in memory, as for the other local
+sources: for large folders keep image_size modest.
 """
 
 import dataclasses
@@ -111,7 +113,30 @@ def _describe_layouts(folder: pathlib.Path) -> str:
 def scan(folder: pathlib.Path) -> _Scan:
     """Finds the layout, the classes and every file under `folder`; raises
     UserError for an empty folder, no class folders, one class, or a mix of
-    split and class folders."""
+    split and class folders.
+
+    Nothing is decoded here: a file is kept by its extension (EXTENSIONS)
+    and stat()ed; files with another extension, files that cannot be
+    stat()ed and files outside a class folder are listed as skipped, with
+    the reason. Hidden files and folders are ignored.
+
+    Args:
+        folder: the image folder (--data_dir), resolved.
+
+    Returns:
+        A _Scan: `folder`; `layout` ("class_folders" or "split_folders");
+        `classes` (the class folders' names, sorted, over every split);
+        `split_folders` (the split folders present, by name); `files` (one
+        _File per image file: split by split in SPLITS order, class folder
+        by class folder by name, then os.walk's top-down order with names
+        sorted); `skipped` ([{"file", "reason"}]).
+
+    Raises:
+        UserError: the folder cannot be read or is empty; split folders
+            (train, validation, test) sit beside other folders; the split
+            layout lacks train/ or test/; there is no class folder, or only
+            one class.
+    """
     try:
         top = _visible(folder.iterdir())
     except OSError as e:
@@ -282,13 +307,35 @@ def load(data_dir: Optional[str], *, validation_fraction: float = 0.1,
          image_channels: int = 0) -> Splits:
     """Reads, cleans, checks and splits the image folder `data_dir`.
 
-    Returns Splits of (image uint8 [H, W, C]: image_size x
-    image_size, or the images' own size with image_size 0; C 1 or 3; label
-    int64 in sorted-class-name order), class_names, and `report` (what
-    data_report.json holds; see the module docstring). Logs a summary.
-    Raises UserError for a missing or empty folder, no class folders, one
-    class, a class without an image in every split, images of different
-    sizes with image_size 0, or bad fractions, size or channels.
+    Scans the folder (scan()), decodes it or reads it from the cache
+    (image_cache.decoded()), drops duplicates, carves the splits (see the
+    module docstring) and logs the report's summary (also when a class
+    is too small, before the error).
+
+    Args:
+        data_dir: the image folder (--data_dir); "~" is expanded.
+        validation_fraction: share of each class's training images held out
+            for validation, in (0, 1); unused where validation/ exists.
+        test_fraction: class-folder layout only: share of each class's
+            images held out for testing, in (0, 1).
+        image_size: images resized to image_size x image_size pixels; 0:
+            their own size, which they must share.
+        image_channels: 1 grey, 3 RGB; 0: grey if every image is grey, else
+            RGB.
+
+    Returns:
+        Splits of (image uint8 [H, W, C]: image_size x image_size, or the
+        images' own size with image_size 0; C 1 or 3; label int64, the
+        index of the class in sorted-class-name order), with `class_names`
+        and `report` (what data_report.json holds; image_report.build()).
+
+    Raises:
+        UserError: no `data_dir`, or one that does not exist or is not a
+            folder; a fraction outside (0, 1); image_channels not 0, 1 or 3;
+            a negative image_size; an empty folder, no class folders, one
+            class, or a bad split layout (scan()); images of different sizes
+            with image_size 0; a class without enough usable images for an
+            image in every split (the message names every such class).
     """
     if not data_dir:
         raise UserError(f"--dataset={DATASET} needs --data_dir=PATH, a folder of class "
@@ -323,7 +370,8 @@ def load(data_dir: Optional[str], *, validation_fraction: float = 0.1,
         assigned = _assign(scanned, kept, test_fraction, validation_fraction)
     except UserError:
         failed = {split: {} for split in SPLITS}
-        image_report.log_summary(image_report.build(scanned, records, duplicates, failed, target, fractions, cache))
+        image_report.log_summary(image_report.build(scanned, records, duplicates, failed, target,
+                                                    fractions, cache))
         raise
     report = image_report.build(scanned, records, duplicates, assigned, target, fractions, cache)
     image_report.log_summary(report)

@@ -22,6 +22,36 @@ def _counter(values) -> dict[str, int]:
 def build(scanned, records: list[dict], duplicates: dict,
             assigned: dict, target: tuple[int, int, int], fractions: dict,
             cache: dict) -> dict[str, Any]:
+    """The cleaning report of one image folder (what data_report.json holds).
+
+    Args:
+        scanned: image_folder.scan()'s result; its `folder`, `layout`,
+            `classes`, `files` and `skipped` are read.
+        records: image_cache.decoded()'s records, one per scanned file.
+        duplicates: {"within_class", "across_classes", "across_splits"}:
+            lists of the duplicates found (image_folder's cleaning pass).
+        assigned: {split: {class: [file rel paths]}} for every split of
+            SPLITS; empty dicts where the carving failed.
+        target: (height, width, channels) of the converted images.
+        fractions: how the splits were carved: {"seed",
+            "validation_fraction", "test_fraction" (None for the split
+            layout), "validation_from" ("validation/" or "train")}.
+        cache: image_cache.decoded()'s cache facts ({"hit", "path",
+            "decoded_files", "seconds"}).
+
+    Returns:
+        {"folder", "layout", "classes", "files_found" (image files and
+        skipped ones), "images_decoded", "skipped" ([{"file", "reason"}],
+        by file: skipped before decoding or unusable), "extension_mismatch"
+        ([{"file", "format"}]), "duplicates", "counts" ({split: {class:
+        images}}), "totals" ({split: images}), "imbalance" ({"largest",
+        "smallest": [class, training images], "ratio", "strong": ratio >=
+        IMBALANCE_RATIO, "threshold"}), "images" ({"sizes", "modes",
+        "formats": {value: images}, most common first; "converted":
+        {"alpha_flattened", "channels", "resized", "exif_rotated", "any":
+        images}}), "target" ({"height", "width", "channels"}), "carving"
+        (`fractions`), "cache" (`cache`), "summary" (summary())}.
+    """
     decoded = [r for r in records if "reason" not in r]
     skipped = scanned.skipped + [{"file": r["file"], "reason": r["reason"]}
                                  for r in records if "reason" in r]
@@ -65,7 +95,18 @@ def build(scanned, records: list[dict], duplicates: dict,
 
 
 def summary(report: dict) -> dict[str, Any]:
-    """The report's counts, flat (what config.json records)."""
+    """The report's counts, flat (what config.json records).
+
+    Args:
+        report: a report as build() makes it (its "summary" is not read).
+
+    Returns:
+        {"layout", "classes" (how many), "files_found", "skipped" (how
+        many), "duplicates_within_class_dropped",
+        "duplicates_across_classes_dropped" (every copy counts),
+        "duplicates_across_splits_removed", "converted" (images changed in
+        any way), "train", "validation", "test" (images in each split)}.
+    """
     duplicates = report["duplicates"]
     return {
         "layout": report["layout"],
@@ -88,7 +129,16 @@ def _listed(items: list[str]) -> str:
 
 
 def log_summary(report: dict) -> None:
-    """Logs the report in a few lines; problems as warnings."""
+    """Logs the report in a few lines; problems as warnings.
+
+    Through absl logging: the counts, files read by content rather than
+    extension, the sizes, modes and conversions, and the cache at INFO;
+    skipped files, duplicates and a strong class imbalance as warnings.
+    A list names up to MAX_LISTED items, then says how many more.
+
+    Args:
+        report: a report as build() makes it.
+    """
     totals, images = report["totals"], report["images"]
     cache = report["cache"]
     logging.info("Image folder %s (%s): %d classes, %d files; train %d, validation %d, "

@@ -28,7 +28,18 @@ class Unusable(Exception):
 
 
 def sniff_format(payload: bytes) -> Optional[str]:
-    """The image format its first bytes say (PNG, JPEG, BMP, GIF), or None."""
+    """The image format its first bytes say (PNG, JPEG, BMP, GIF), or None.
+
+    The signatures are the formats' own: PNG's 8-byte signature (PNG
+    specification, section 5.2), JPEG's SOI marker FF D8 followed by a
+    marker's FF, BMP's "BM" file type, GIF's "GIF87a" or "GIF89a" header.
+
+    Args:
+        payload: the file's bytes (its first 8 are enough).
+
+    Returns:
+        "PNG", "JPEG", "BMP" or "GIF", or None for anything else.
+    """
     if payload.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if payload.startswith(b"\xff\xd8\xff"):
@@ -71,7 +82,30 @@ def _pixels(image: Image.Image) -> tuple[np.ndarray, str]:
 def decode(payload: bytes) -> tuple[np.ndarray, dict]:
     """Image file bytes -> (uint8 [H, W, 1..4] as stored, facts: "format",
     "mode" (in words), "exif_rotated"). Raises Unusable for an empty file,
-    one that is no PNG, JPEG, BMP or GIF, or a truncated or corrupt one."""
+    one that is no PNG, JPEG, BMP or GIF, or a truncated or corrupt one.
+
+    Pillow opens the file only as the format its signature says
+    (sniff_format()); of an animation, the first frame is read. A JPEG whose
+    EXIF Orientation tag (0x0112) is not 1 is turned upright
+    (ImageOps.exif_transpose). Palettes are expanded (to RGBA where they have
+    a transparent colour, else to RGB, or to one channel where every pixel
+    is grey), 16-bit grey is divided by 257 and rounded to 8 bits,
+    CMYK and other colour spaces become RGB (RGBA where they have alpha).
+
+    Args:
+        payload: the whole file's bytes.
+
+    Returns:
+        (image, facts): image uint8 [H, W, C], C 1 (grey), 2 (grey+alpha),
+        3 (RGB) or 4 (RGBA); facts {"format": "PNG", "JPEG", "BMP" or "GIF",
+        "mode": the stored colour mode in words ("grey", "RGB", "palette",
+        "grey 16-bit", "CMYK", ...), "exif_rotated": bool}.
+
+    Raises:
+        Unusable: the file is empty, has no PNG, JPEG, BMP or GIF signature,
+            fails to decode (truncated, corrupt, or over Pillow's
+            decompression-bomb limit), or decodes to an image with no pixels.
+    """
     if not payload:
         raise Unusable("empty file")
     fmt = sniff_format(payload)
@@ -100,7 +134,19 @@ def _height_width(size: Size) -> tuple[int, int]:
 def resize(image: np.ndarray, size: Size) -> np.ndarray:
     """uint8 [H, W, C] -> uint8 [h, w, C] (size: h = w, or (h, w)), by
     Pillow's bilinear filter, which widens its support when shrinking
-    (antialiased)."""
+    (antialiased).
+
+    The support widening is Pillow's documented behaviour for
+    Image.resize's filters (Pillow handbook, "Concepts: Filters"); the aspect
+    ratio is not kept.
+
+    Args:
+        image: uint8 [H, W, C]; convert() passes C 1 or 3.
+        size: the target: an int for h = w, or (h, w), in pixels.
+
+    Returns:
+        uint8 [h, w, C].
+    """
     height, width = _height_width(size)
     if image.shape[-1] == 1:
         return np.asarray(Image.fromarray(image[..., 0]).resize(
@@ -115,6 +161,21 @@ def convert(image: np.ndarray, channels: int, size: Size) -> tuple[np.ndarray, d
 
     Returns (uint8 [H', W', C'], what changed: {"alpha_flattened",
     "channels", "resized"} as booleans). Alpha is composited over black.
+
+    In order: an alpha channel is multiplied into the colour (over black)
+    and dropped; RGB becomes grey by the ITU-R BT.601 luma weights as
+    tf.image.rgb_to_grayscale rounds them (0.2989, 0.5870, 0.1140), grey
+    becomes RGB by copying; then the image is resized (resize()) unless it
+    already has the target size.
+
+    Args:
+        image: uint8 [H, W, C], C 1 to 4, as decode() returns it.
+        channels: 1 grey, 3 RGB; 0: 1 for grey and grey+alpha, else 3.
+        size: the target, an int for h = w or (h, w), in pixels; 0: as is.
+
+    Returns:
+        (image, changed): image uint8 [H', W', C']; changed {"alpha_flattened",
+        "channels", "resized"}, each True where that step changed the image.
     """
     changed = {"alpha_flattened": False, "channels": False, "resized": False}
     if image.shape[-1] in (2, 4):

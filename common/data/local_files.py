@@ -24,11 +24,22 @@ from common.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class LocalFormat:
-    """How to find and read one dataset's original files."""
-    locate: Callable[[pathlib.Path], Optional[pathlib.Path]]  # None: not there
+    """How to find and read one dataset's original files.
+
+    Attributes:
+        locate: folder -> the path `read` takes (the folder itself, an
+            extracted sub-folder or an archive), or None where the files are
+            not there; raises UserError where only some of them are.
+        read: that path -> {"train": (images uint8 [N, H, W, C], labels int64
+            [N]), "test": (...)}; raises UserError for a missing, truncated
+            or inconsistent file, naming it.
+        num_classes: labels are 0..num_classes-1.
+        description: what a user must provide, for error messages.
+    """
+    locate: Callable[[pathlib.Path], Optional[pathlib.Path]]
     read: Callable[[pathlib.Path], dict]
     num_classes: int
-    description: str  # what a user must provide, for error messages
+    description: str
 
 
 def _read_bytes(path: pathlib.Path) -> bytes:
@@ -67,7 +78,27 @@ _IDX_NAMES = tuple(name for pair in _IDX_FILES.values() for name in pair)
 
 
 def read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
-    """Reads one IDX file, checking its magic number and its length."""
+    """Reads one IDX file, checking its magic number and its length.
+
+    The IDX format is the one described on the MNIST database's page
+    (yann.lecun.com/exdb/mnist): a big-endian 32-bit magic number (two zero
+    bytes, the element type, 0x08 for unsigned bytes, and the number of
+    dimensions), one big-endian 32-bit size per dimension, then the data.
+
+    Args:
+        path: the file, gzip-compressed where its name ends in .gz.
+        magic: the magic number expected (IDX_IMAGES_MAGIC or
+            IDX_LABELS_MAGIC); its low byte is the number of dimensions.
+
+    Returns:
+        uint8 array of the header's shape ([N, 28, 28] images, [N] labels for
+        MNIST), a read-only view of the file's bytes.
+
+    Raises:
+        UserError: the file cannot be read or decompressed, is shorter than
+            its header, has another magic number, or holds more or fewer
+            bytes than its header promises.
+    """
     data = _read_bytes(path)
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
@@ -138,7 +169,24 @@ def _locate_cifar10(folder: pathlib.Path) -> Optional[pathlib.Path]:
 
 
 def parse_cifar10_records(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes CIFAR-10 binary records into NHWC uint8 images and labels."""
+    """Decodes CIFAR-10 binary records into NHWC uint8 images and labels.
+
+    The record layout is the one described on the CIFAR-10 page
+    (www.cs.toronto.edu/~kriz/cifar.html): 1 label byte, then 3072 pixel
+    bytes, the red, green and blue 32x32 planes, each row-major.
+
+    Args:
+        data: whole records, concatenated (one data_batch_N.bin or
+            test_batch.bin).
+        where: the file's name, for messages.
+
+    Returns:
+        (images uint8 [N, 32, 32, 3], labels int64 [N]).
+
+    Raises:
+        UserError: `data` is empty or not a whole number of CIFAR10_RECORD
+            bytes, or a label is 10 or more.
+    """
     if not data or len(data) % CIFAR10_RECORD:
         raise UserError(f"corrupt data file {where}: {len(data)} bytes is not a "
                         f"whole number of {CIFAR10_RECORD}-byte records")
@@ -204,7 +252,21 @@ LOCAL_FORMATS: dict[str, LocalFormat] = {
 
 def locate(name: str, folder: pathlib.Path) -> Optional[pathlib.Path]:
     """Where `name`'s original files are: in `folder` or a sub-folder named
-    after the dataset (`fashion_mnist` or Debian's `fashion-mnist`)."""
+    after the dataset (`fashion_mnist` or Debian's `fashion-mnist`).
+
+    Args:
+        name: the dataset's TFDS name (mnist, fashion_mnist, cifar10).
+        folder: the folder to look in (--data_dir, or SYSTEM_DATASETS_DIR).
+
+    Returns:
+        The path LOCAL_FORMATS[name].read takes, from the first of `folder`,
+        folder/name and folder/name-with-dashes that has the files; None
+        where none has them or `name` has no reader here.
+
+    Raises:
+        UserError: a folder has some of the IDX files but not all (from the
+            format's locate).
+    """
     fmt = LOCAL_FORMATS.get(name)
     if fmt is None:
         return None

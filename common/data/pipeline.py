@@ -4,7 +4,7 @@ evaluation batches, and the standard CIFAR augmentation.
 Training: cache, shuffle, augment, batch by the global batch, cast to
 float32, prefetch (make_pipeline). Evaluation: every example once, padded
 with zero-weight examples to whole global batches (eval_dataset), which is
-what lets training/evaluation.py score exactly on any number of replicas.
+what lets common/training/evaluation.py score exactly on any number of replicas.
 """
 
 from typing import Callable, Optional
@@ -32,7 +32,29 @@ def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, num_examples: int,
     the same static shape (what TPUs need). Images stay uint8 until after
     batching, which keeps the cache small and the cast vectorised. With
     `deterministic`, parallel maps keep their order, so a seed repeats the
-    stream exactly. (Evaluation splits go through evaluation.eval_dataset.)
+    stream exactly. (Evaluation splits go through eval_dataset() below.)
+
+    The examples are cached in memory as they are (before augmentation, so
+    `augment` draws anew every epoch), shuffled with a buffer of
+    max(1, min(num_examples, 60,000)) examples and reshuffled on every
+    iteration. The stream is not repeated: one iteration is one epoch. Across a
+    cluster's workers tf.data shards it by element (AutoShardPolicy.DATA).
+
+    Args:
+        ds: unbatched (image uint8 [H, W, C], label int64 []) examples.
+        batch_size: the global batch, in examples.
+        num_examples: how many examples `ds` holds (sizes the shuffle buffer).
+        seed: the shuffle's seed; None: TensorFlow's global seed decides (a
+            random order where none is set).
+        augment: (image, label) -> (image, label), mapped over single
+            examples before batching, or None.
+        deterministic: parallel maps keep their order (tf.data.Options
+            .deterministic); off, they hand over whichever element is ready.
+
+    Returns:
+        tf.data.Dataset of (images float32 [B, H, W, C], labels int64 [B]),
+        B = batch_size, num_examples // batch_size batches per iteration;
+        pixels keep their 0..255 values (not rescaled).
     """
     ds = ds.cache()
     ds = ds.shuffle(max(1, min(num_examples, 60_000)), seed=seed,
@@ -58,7 +80,27 @@ def pipelines(splits: Splits, batch_size: int, *, num_workers: int = 1, seed: in
               augment: Optional[Callable] = None, deterministic: bool = False) -> Pipelines:
     """Checks the split sizes against the global batch and builds the
     streams; raises UserError for an empty split or a training split smaller
-    than one global batch."""
+    than one global batch.
+
+    Args:
+        splits: the loaded dataset (common/data/sources.py's load()).
+        batch_size: the global batch, in examples.
+        num_workers: the cluster's workers (1 without a cluster); the
+            evaluation streams are padded to a multiple of batch_size *
+            num_workers examples (eval_dataset()).
+        seed: the training stream's shuffle seed.
+        augment: (image, label) -> (image, label) for training examples, or
+            None.
+        deterministic: the training stream repeats exactly for a seed.
+
+    Returns:
+        Pipelines: `train` from make_pipeline(), `validation` and `test` from
+        eval_dataset(), and steps_per_epoch = num_train // batch_size.
+
+    Raises:
+        UserError: the training split holds fewer examples than batch_size,
+            or the validation or the test split is empty.
+    """
     if splits.num_train < batch_size:
         raise UserError(f"the training split has {splits.num_train} examples, fewer than "
                         f"one global batch of {batch_size}; use a smaller --batch_size")
@@ -79,7 +121,21 @@ def pipelines(splits: Splits, batch_size: int, *, num_workers: int = 1, seed: in
 
 def pad_crop_flip(image: tf.Tensor, label: tf.Tensor, pad: int = 4):
     """The standard CIFAR augmentation: zero-pad by `pad`, crop back to the
-    original size at a random place, flip left-right half of the time."""
+    original size at a random place, flip left-right half of the time.
+
+    The augmentation of He et al., "Deep Residual Learning for Image
+    Recognition" (CVPR 2016), section 4.2: 4 pixels of padding on each side,
+    a random 32x32 crop, a random horizontal flip.
+
+    Args:
+        image: one example, [H, W, C] with static H, W and C, any dtype
+            (uint8 here).
+        label: the example's label, passed through.
+        pad: pixels of zeros added on each side.
+
+    Returns:
+        (image [H, W, C] of the same dtype, label).
+    """
     height, width = image.shape[0], image.shape[1]
     image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad,
                                          width + 2 * pad)
@@ -92,6 +148,24 @@ def eval_dataset(split: tf.data.Dataset, num_examples: int, global_batch: int,
     """(images float32 [B, H, W, C], labels int64 [B], weights float32 [B])
     batches of exactly `global_batch`: the split's examples with weight 1,
     then zero-weight padding up to a multiple of global_batch * num_workers.
+
+    The padding examples are all-zero images with label 0; an empty split
+    gets one whole multiple of them. Every example comes once, in the
+    split's order (the stream is cached and deterministic), and across a
+    cluster's workers tf.data shards it by element (AutoShardPolicy.DATA).
+    A weighted metric over the batches is thus exact on any number of
+    replicas (common/training/evaluation.py).
+
+    Args:
+        split: unbatched (image uint8 [H, W, C], label int64 []) examples.
+        num_examples: how many examples `split` holds.
+        global_batch: the global batch, in examples.
+        num_workers: the cluster's workers (at least 1 is used).
+
+    Returns:
+        tf.data.Dataset of (images float32 [B, H, W, C], labels [B] of the
+        split's label dtype, weights float32 [B]), B = global_batch; the
+        batch count is a multiple of num_workers.
     """
     multiple = global_batch * max(1, num_workers)
     pad = (-num_examples) % multiple
@@ -115,7 +189,17 @@ def eval_dataset(split: tf.data.Dataset, num_examples: int, global_batch: int,
 
 def split_arrays(split: tf.data.Dataset, limit: Optional[int] = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """A split as NumPy arrays (images uint8 [N, H, W, C], labels int64 [N])."""
+    """A split as NumPy arrays (images uint8 [N, H, W, C], labels int64 [N]).
+
+    Args:
+        split: unbatched (image uint8 [H, W, C], label) examples.
+        limit: read only the first `limit` examples; None or 0: all.
+
+    Returns:
+        (images [N, H, W, C] of the split's image dtype, uint8 for every
+        source here; labels int64 [N]), in the split's order; with no
+        examples, uint8 [0, H, W, C] and int64 [0].
+    """
     ds = split.take(limit) if limit else split
     images, labels = [], []
     for image, label in ds.batch(1024):

@@ -1,8 +1,8 @@
 """Where a dataset comes from: TFDS, the datasets' original files, image folders.
 
-`load()` returns the train / validation / test splits (data/splits.py) as
-unbatched datasets of (image uint8 [H, W, C], label int64);
-data/pipeline.py turns them into the streams a model trains on.
+`load()` returns the train / validation / test splits (common/data/splits.py)
+as unbatched datasets of (image uint8 [H, W, C], label int64);
+common/data/pipeline.py turns them into the streams a model trains on.
 
 Where data comes from, in order:
   0. `--dataset=image_folder`: the folder `--data_dir` of class folders of
@@ -16,8 +16,11 @@ Where data comes from, in order:
   4. A TFDS download; with no network, one line saying so and naming the
      local-files alternative (TFDS would otherwise retry for minutes).
 
-The validation split is carved deterministically from the end of train, the
-same way for every source, so it never overlaps the training examples.
+The validation split is carved deterministically from the end of train
+(the last `validation_fraction` of it: rounded to whole examples for the
+original files, to whole percent for TFDS), so it never overlaps the
+training examples; an image folder carves it per class instead
+(common/data/image_folder.py).
 """
 
 import pathlib
@@ -71,7 +74,17 @@ def _load_local(name: str, folder: pathlib.Path, validation_fraction: float) -> 
 # TensorFlow Datasets.
 
 def network_available(host: str = DOWNLOAD_HOST) -> bool:
-    """Whether the download host resolves; fails at once with no network."""
+    """Whether the download host resolves; fails at once with no network.
+
+    Only a DNS look-up (socket.getaddrinfo for port 443); no connection is
+    made.
+
+    Args:
+        host: the host name to resolve.
+
+    Returns:
+        True where the name resolves, False on any OSError.
+    """
     try:
         socket.getaddrinfo(host, 443)
         return True

@@ -35,7 +35,7 @@ class Splits:
 
 @dataclasses.dataclass
 class Pipelines:
-    """A run's three streams (data/pipeline.py builds them).
+    """A run's three streams (common/data/pipeline.py builds them).
 
     Attributes:
         splits: the Splits they come from.

@@ -1,6 +1,6 @@
 """Predictions of a finished run's model on a user's image files.
 
-PNG, JPEG, BMP and GIF files are decoded and converted by data/images.py,
+PNG, JPEG, BMP and GIF files are decoded and converted by common/data/images.py,
 the same code that reads image folders for training: resized to the model's
 input size, grey to RGB or RGB to grey as needed, alpha flattened. They are
 predicted in batches of the run's batch_size, through the run's exported
@@ -31,22 +31,43 @@ PREDICTIONS_FILE = "predictions.csv"
 
 @dataclasses.dataclass
 class Prediction:
-    """One row of --mode=predict's output: the file, its top classes as
-    (class name, probability) pairs, best first (empty if skipped), and a
-    note: the conversions made, or why the file was skipped."""
+    """One row of --mode=predict's output.
+
+    Attributes:
+        file: the image file's path, as a string.
+        top: the top classes as (class name, probability) pairs, best first;
+            probabilities are softmax outputs in 0..1. Empty if skipped.
+        note: the conversions made ("; "-separated, e.g. "resized 640x480 to
+            28x28"), or "skipped: <why>" for a file that could not be used.
+    """
     file: str
     top: list[tuple[str, float]]
     note: str = ""
 
     @property
     def skipped(self) -> bool:
+        """Whether the file was skipped (it has no top classes)."""
         return not self.top
 
 
 def find_images(inputs: str) -> list[pathlib.Path]:
-    """The files --inputs names: a file (whatever its name), a folder (its
-    files with an image extension, not recursive) or a glob (every file it
-    matches), sorted. Raises UserError if there is none."""
+    """The files --inputs names, sorted.
+
+    A file is taken whatever its name. A folder gives its files (not those of
+    its subfolders, nor hidden ones) with an image extension (.png, .jpg,
+    .jpeg, .bmp, .gif, any case); the others are logged as ignored. A glob
+    gives every file it matches (`**` matches subfolders too).
+
+    Args:
+        inputs: --inputs: a file, a folder or a glob pattern; `~` is expanded.
+
+    Returns:
+        The image files' paths, sorted (one path for a file).
+
+    Raises:
+        UserError: `inputs` is empty, names neither a file nor a folder nor a
+            pattern that matches a file, or a folder with no image file.
+    """
     if not inputs:
         raise UserError("--mode=predict needs --inputs=PATH: an image file, a folder or "
                         "a glob such as 'photos/*.png'")
@@ -74,9 +95,23 @@ def find_images(inputs: str) -> list[pathlib.Path]:
 
 def load_image(path: pathlib.Path, image_shape: Sequence[int]) -> tuple[np.ndarray, list[str]]:
     """The file at `path` as the model's input, converted the way the
-    training data was (common/images.py, as for image folders): uint8
-    [H, W, C] (image_shape) and notes saying what was done. Raises
-    images.Unusable if it cannot be read or used."""
+    training data was (common/data/images.py, as for image folders).
+
+    Args:
+        path: an image file (PNG, JPEG, BMP or GIF, told by its first bytes).
+        image_shape: (H, W, C) the model takes; C must be 1 or 3.
+
+    Returns:
+        (image, notes): image uint8 [H, W, C], raw pixels at the model's
+        input size; notes, what was done to it, in words ("EXIF rotation",
+        "alpha flattened", "RGB to grey" or "grey to RGB", "resized WxH to
+        WxH"), empty when nothing was.
+
+    Raises:
+        common.data.images.Unusable: the file cannot be read, is empty, is
+            no PNG, JPEG, BMP or GIF, is truncated or corrupt, or the model
+            takes neither 1 nor 3 channels.
+    """
     height, width, channels = (int(d) for d in image_shape)
     try:
         data = pathlib.Path(path).read_bytes()
@@ -98,13 +133,24 @@ def load_image(path: pathlib.Path, image_shape: Sequence[int]) -> tuple[np.ndarr
 
 
 class Classifier:
-    """A finished run's model as a function from images to probabilities:
-    its exported SavedModel where metrics.json declares one, else its Keras
-    model (the first keras/h5 model it declares, within its load_scope).
+    """A finished run's model as a function from images to probabilities.
 
-    image_shape: (H, W, C) the model takes; num_classes; source: a
-    description of what runs; `probabilities(images uint8 [N, H, W, C])`
-    -> float32 [N, num_classes].
+    It is the run's exported SavedModel (its serving_default signature) where
+    metrics.json declares one (the first), else its Keras model (the first
+    keras/h5 model it declares, within its load_scope, not compiled).
+
+    Args:
+        run_dir: the finished run's folder.
+
+    Attributes:
+        image_shape: (H, W, C) the model takes, as ints.
+        num_classes: the number of classes it scores.
+        source: what runs, in words ("SavedModel <path>" or "Keras model of
+            <run_dir> (no exported SavedModel)").
+
+    Raises:
+        UserError: the run's metrics.json is damaged or declares a missing
+            model, or the SavedModel or Keras model cannot be loaded.
     """
 
     def __init__(self, run_dir: pathlib.Path):
@@ -130,9 +176,19 @@ class Classifier:
 
     @property
     def serves_saved_model(self) -> bool:
+        """Whether the exported SavedModel runs (else the Keras model)."""
         return self._serve is not None
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """The model's class probabilities for a batch of images.
+
+        Args:
+            images: uint8 [N, H, W, C], raw pixels at the model's input size
+                (image_shape).
+
+        Returns:
+            float32 [N, num_classes], the softmax of the model's logits.
+        """
         if self._serve is not None:
             return self._serve(tf.constant(images, tf.uint8))["probabilities"].numpy()
         logits = self._model.predict_on_batch(images.astype(np.float32))
@@ -142,8 +198,25 @@ class Classifier:
 def predict_files(classifier: Classifier, class_names: Sequence[str],
                   paths: Sequence[pathlib.Path], batch_size: int,
                   top_k: int = 1) -> list[Prediction]:
-    """One Prediction per path, in order: files that load are predicted in
-    batches of `batch_size`; the others are rows marked skipped."""
+    """Predicts image files in batches; a file that cannot be used is a
+    row marked skipped.
+
+    Args:
+        classifier: the model that scores the images.
+        class_names: the class names, in class-index order (at least
+            classifier.num_classes of them).
+        paths: the image files, in the order the rows are wanted.
+        batch_size: how many loaded images go to the model at once (the last
+            batch may be smaller).
+        top_k: how many classes each row lists, best first (ties: the lower
+            class index first).
+
+    Returns:
+        One Prediction per path, in the order of `paths`: its top_k (class
+        name, probability) pairs and the conversions made, or for a file
+        that common.data.images.Unusable rejects, no classes and "skipped:
+        <why>".
+    """
     rows: list[Optional[Prediction]] = [None] * len(paths)
     pending: list[tuple[int, np.ndarray, list[str]]] = []
 
@@ -173,8 +246,15 @@ def predict_files(classifier: Classifier, class_names: Sequence[str],
 
 
 def columns(top_k: int) -> list[str]:
-    """file, class, probability, then class_2, probability_2, ... up to
-    top_k, then note."""
+    """The names of the prediction table's columns.
+
+    Args:
+        top_k: how many classes each row lists (1 or more).
+
+    Returns:
+        "file", "class", "probability", then "class_<k>", "probability_<k>"
+        for k = 2..top_k, then "note".
+    """
     names = ["file", "class", "probability"]
     for k in range(2, top_k + 1):
         names += [f"class_{k}", f"probability_{k}"]
@@ -192,7 +272,18 @@ def _cells(row: Prediction, top_k: int) -> list[str]:
 
 
 def format_table(rows: Sequence[Prediction], top_k: int) -> str:
-    """The rows as an aligned text table under a header."""
+    """The rows as an aligned text table under a header.
+
+    Args:
+        rows: the predictions, one line each.
+        top_k: how many classes each line lists (columns(top_k)); a row with
+            fewer has empty cells.
+
+    Returns:
+        The table: the header, a line of dashes, then one line per row;
+        columns padded to their widest cell and separated by two spaces,
+        probabilities with four decimals, no trailing spaces.
+    """
     table = [columns(top_k)] + [_cells(row, top_k) for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
@@ -202,8 +293,19 @@ def format_table(rows: Sequence[Prediction], top_k: int) -> str:
 
 
 def write_csv(path: pathlib.Path, rows: Sequence[Prediction], top_k: int) -> None:
-    """The rows as CSV (columns(top_k)), written atomically. Raises UserError
-    if the file cannot be written."""
+    """Writes the rows as CSV (header columns(top_k), probabilities with
+    four decimals), atomically: to a temporary file in the same folder,
+    made readable by all (0644), then renamed over `path`.
+
+    Args:
+        path: the CSV file to write (--output, or the run's predictions.csv).
+        rows: the predictions, one CSV row each.
+        top_k: how many classes each row lists.
+
+    Raises:
+        UserError: `path` is a folder, its folder does not exist, or writing
+            fails (the operating system's reason).
+    """
     path = pathlib.Path(path)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -25,8 +25,8 @@ metrics.json declares the SavedModel and the TFLite file in "models" (so
 folder and renamed into place before metrics.json is rewritten (atomically),
 so metrics.json never declares a file that is not there.
 
---mode=export is modes/export.py; predictions on image files are
-deploy/predict.py's.
+--mode=export is common/modes/export.py; predictions on image files are
+common/deploy/predict.py's.
 """
 
 import os
@@ -56,11 +56,23 @@ TFLITE_NAME = "export_float_tflite"
 
 
 class ServingModule(tf.Module):
-    """The serving signature around a Keras model (raw pixels in, logits out).
+    """The serving signature around a Keras model that takes float32 raw
+    pixels and returns logits.
 
-    `serve(images)`: images uint8 [N, H, W, C] (image_shape = (H, W, C)) ->
-    {"probabilities": float32 [N, num_classes] (softmax of the logits),
-     "classes": int64 [N]}.
+    `serve(images)`: images uint8 [N, H, W, C] (image_shape = (H, W, C)),
+    cast to float32 for the model (training=False) ->
+    {"probabilities": float32 [N, num_classes] (softmax of the logits, cast
+    to float32), "classes": int64 [N] (the argmax)}.
+
+    Args:
+        model: the Keras model: float32 [N, H, W, C] pixel values 0..255 in,
+            logits [N, num_classes] out (any float dtype).
+        image_shape: (H, W, C) of the signature's images.
+
+    Attributes:
+        model_variables: the model's variables, tracked in place of the
+            Keras model itself (see the comment in __init__).
+        serve: the tf.function with the serving signature.
     """
 
     def __init__(self, model: tf_keras.Model, image_shape: Sequence[int]):
@@ -84,7 +96,13 @@ class ServingModule(tf.Module):
 def write_saved_model(model: tf_keras.Model, image_shape: Sequence[int],
                       path: pathlib.Path) -> None:
     """Writes `model` as a SavedModel at `path` with the serving_default
-    signature of ServingModule."""
+    signature of ServingModule.
+
+    Args:
+        model: the Keras model (float32 raw pixels in, logits out).
+        image_shape: (H, W, C) of the signature's uint8 images.
+        path: the SavedModel folder to write (created with its parents).
+    """
     module = ServingModule(model, image_shape)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
@@ -92,7 +110,18 @@ def write_saved_model(model: tf_keras.Model, image_shape: Sequence[int],
 def class_names_of(run_config: dict, num_classes: Optional[int] = None) -> list[str]:
     """Class names in class-index order: config.json's "class_names", else the
     names of the run's dataset known here (mnist, fashion_mnist, cifar10), else
-    "0".."num_classes-1" (runs made before class names were recorded)."""
+    "0".."num_classes-1" (runs made before class names were recorded).
+
+    Args:
+        run_config: the run's config.json (its "class_names", and
+            "hparams"'s "dataset").
+        num_classes: the model's number of outputs, for the numbered
+            fallback (logged as a warning); None or 0: no fallback.
+
+    Returns:
+        The names as strings; their count is not checked against
+        num_classes. Empty if none is known and there is no fallback.
+    """
     names = run_config.get("class_names")
     if not names:
         dataset = (run_config.get("hparams") or {}).get("dataset")
@@ -125,11 +154,31 @@ def _replace_folder(staging: pathlib.Path, final: pathlib.Path) -> None:
 
 def export_model(run_dir: pathlib.Path, model: tf_keras.Model, class_names: Sequence[str],
                  image_shape: Sequence[int]) -> dict[str, list[dict]]:
-    """Writes run_dir/export/ for `model` (raw pixels [N, H, W, C] in, logits
-    out); returns {"models": metrics.json "models" entries of the SavedModel
-    and the TFLite file, "exported": [{"format", "path", "bytes"}] of every
-    file}. Raises UserError if the class names do not match the model's
-    outputs; TensorFlow's errors if saving or converting fails."""
+    """Writes run_dir/export/ for `model`: SavedModel, float TFLite and
+    labels.txt, built in a hidden staging folder in run_dir that then
+    replaces any previous export/. metrics.json is not touched.
+
+    Args:
+        run_dir: the run's folder.
+        model: the Keras model: float32 raw pixels [N, H, W, C] in, logits
+            [N, num_classes] out.
+        class_names: the class names in class-index order, one per output.
+        image_shape: (H, W, C) of the SavedModel signature's images.
+
+    Returns:
+        {"models": the metrics.json "models" entries of the SavedModel and
+        the TFLite file (name, format, path relative to run_dir, bytes),
+        "exported": [{"format", "path", "bytes"}] of those two and of
+        labels.txt ("labels")}.
+
+    Raises:
+        UserError: the number of class names is not the model's number of
+            outputs (before anything is written).
+        OSError: the files cannot be written or moved into place.
+        Exception: whatever TensorFlow raises if saving the SavedModel or
+            converting to TFLite fails. The staging folder is removed
+            whether or not an error is raised.
+    """
     run_dir = pathlib.Path(run_dir)
     image_shape = [int(d) for d in image_shape]
     num_classes = int(model.output_shape[-1])
@@ -159,10 +208,21 @@ def export_model(run_dir: pathlib.Path, model: tf_keras.Model, class_names: Sequ
 
 def export(run_dir: pathlib.Path, entry: dict, class_names: Sequence[str],
            image_shape: Sequence[int]) -> dict[str, list[dict]]:
-    """Loads the run's model declared by `entry` (a metrics.json "models"
-    entry, keras or h5, within its load_scope) and writes export/ for it;
-    returns what export_model() returns. Raises UserError if the model
-    cannot be loaded."""
+    """Loads the run's model declared by `entry` (not compiled, within its
+    load_scope) and writes export/ for it.
+
+    Args:
+        run_dir: the run's folder.
+        entry: a metrics.json "models" entry of a keras or h5 model.
+        class_names: the class names in class-index order, one per output.
+        image_shape: (H, W, C) of the SavedModel signature's images.
+
+    Returns:
+        What export_model() returns.
+
+    Raises:
+        UserError: the model cannot be loaded, or see export_model().
+    """
     model = saved.load_entry(pathlib.Path(run_dir), entry, compile=False)
     return export_model(run_dir, model, class_names, image_shape)
 
@@ -170,8 +230,21 @@ def export(run_dir: pathlib.Path, entry: dict, class_names: Sequence[str],
 def export_after_training(run_dir: pathlib.Path, entry: dict, class_names: Sequence[str],
                           image_shape: Sequence[int]) -> dict[str, Any]:
     """export() for the end of a training run, which must not lose the
-    trained run: a failure is logged and recorded as "export_error" (the
-    run still finishes; --mode=export retries it) instead of raised."""
+    trained run: any failure is logged as a warning and returned as
+    "export_error" (the run still finishes; --mode=export retries it)
+    instead of raised.
+
+    Args:
+        run_dir: the run's folder.
+        entry: the metrics.json "models" entry of the run's final Keras model.
+        class_names: the class names in class-index order, one per output.
+        image_shape: (H, W, C) of the SavedModel signature's images.
+
+    Returns:
+        What export() returns, or after a failure {"models": [],
+        "exported": [], "export_error": "<type name>: <first sentence of
+        its message>"}.
+    """
     try:
         outcome = export(run_dir, entry, class_names, image_shape)
     except Exception as e:  # pylint: disable=broad-except
@@ -187,7 +260,18 @@ def export_after_training(run_dir: pathlib.Path, entry: dict, class_names: Seque
 def saved_model_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray,
                        batch_size: int = 256) -> dict:
     """Loss and accuracy through a SavedModel's serving_default signature
-    (uint8 images in, "probabilities" out)."""
+    (uint8 images in, "probabilities" out).
+
+    Args:
+        path: the SavedModel folder.
+        images: uint8 [N, H, W, C], raw pixels at the model's input size.
+        labels: int [N], class indices.
+        batch_size: examples per call of the signature.
+
+    Returns:
+        {"loss": mean cross-entropy (float64 math), "accuracy": top-1
+        fraction, "examples": N}; loss and accuracy are NaN when N is 0.
+    """
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     outputs = [serve(tf.constant(images[i:i + batch_size]))["probabilities"].numpy()
                for i in range(0, len(images), batch_size)]

@@ -18,6 +18,29 @@ from common.errors import UserError
 
 
 def multi_worker_strategy(cluster_timeout: float) -> tf.distribute.Strategy:
+    """Creates MultiWorkerMirroredStrategy once every peer answers.
+
+    The cluster is TF_CONFIG where it is set (inside Slurm too); else,
+    inside a Slurm job step, the step (distribute/slurm.py), which is then
+    written into this process's TF_CONFIG; else TensorFlow's own default (a
+    single worker). With a cluster from TF_CONFIG or Slurm, this worker
+    first waits for every other task of it to accept connections. Afterwards
+    SIGTERM's default action (stop at once) is restored, since TensorFlow
+    catches it for its preemption handling.
+
+    Args:
+        cluster_timeout: seconds to wait for the other workers.
+
+    Returns:
+        A tf.distribute.MultiWorkerMirroredStrategy.
+
+    Raises:
+        UserError: a TF_CONFIG that is set but wrong (tf_config.parse_tf_config);
+            inside a Slurm job, no job step or an inconsistent one
+            (slurm.check_slurm_step, slurm.slurm_cluster); this worker's
+            port taken, or workers that did not answer within
+            `cluster_timeout` (the message names them).
+    """
     config, source = None, "TF_CONFIG"
     raw = os.environ.get("TF_CONFIG")
     if raw:  # TF_CONFIG wins, inside Slurm too (a user who wrote it meant it)
@@ -98,8 +121,15 @@ def _reachable(address: str) -> bool:
 
 
 def tf_config_workers() -> int:
-    """How many chief and worker tasks TF_CONFIG describes (1 without it);
-    UserError for a TF_CONFIG that is set but wrong."""
+    """How many chief and worker tasks TF_CONFIG describes.
+
+    Returns:
+        The number of chief and worker addresses in TF_CONFIG's cluster (at
+        least 1); 1 where TF_CONFIG is unset or empty.
+
+    Raises:
+        UserError: a TF_CONFIG that is set but wrong (tf_config.parse_tf_config).
+    """
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return 1
@@ -108,10 +138,20 @@ def tf_config_workers() -> int:
 
 
 def expected_workers() -> int:
-    """How many workers --strategy=multi_worker_mirrored joins: TF_CONFIG's
-    chief and worker tasks where it is set, else the tasks of the Slurm job
-    step this process is in, else 1. UserError for a TF_CONFIG that is set
-    but wrong."""
+    """How many workers --strategy=multi_worker_mirrored joins.
+
+    Read before any strategy exists, from the environment only.
+
+    Returns:
+        TF_CONFIG's chief and worker tasks where it is set; else the tasks
+        of the Slurm job step this process is in (SLURM_STEP_NUM_TASKS, at
+        least 1); else 1.
+
+    Raises:
+        UserError: a TF_CONFIG that is set but wrong (tf_config.parse_tf_config),
+            or a Slurm step whose SLURM_STEP_NUM_TASKS is not a number
+            (slurm.slurm_int).
+    """
     if os.environ.get("TF_CONFIG"):
         return tf_config_workers()
     if slurm.in_slurm_step():
@@ -120,7 +160,16 @@ def expected_workers() -> int:
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
-    """Worker processes taking part in `strategy` (1 outside a cluster)."""
+    """Worker processes taking part in `strategy` (1 outside a cluster).
+
+    Args:
+        strategy: the run's strategy.
+
+    Returns:
+        The chief and worker tasks of a MultiWorkerMirroredStrategy's cluster
+        spec (at least 1); 1 for any other strategy, or one without a
+        cluster resolver.
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
         return 1
@@ -129,9 +178,21 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
 
 
 def check_cluster_options(options) -> None:
-    """Before any work: several workers need a shared --run_name (or
-    --sweep_name), and TF_CONFIG must be right. Inside Slurm,
-    `slurm_run_defaults` has named them already."""
+    """Checks, before any work, what a cluster of several workers needs.
+
+    Only with --strategy=multi_worker_mirrored and more than one expected
+    worker (expected_workers): --mode=train needs --run_name and
+    --mode=tune needs --sweep_name, the same on every worker. Inside Slurm,
+    slurm.slurm_run_defaults has named them already.
+
+    Args:
+        options: the command's flags (common.config.options.RunOptions).
+
+    Raises:
+        UserError: several workers without --run_name (train) or
+            --sweep_name (tune), or a TF_CONFIG that is set but wrong
+            (expected_workers).
+    """
     if options.strategy != "multi_worker_mirrored" or expected_workers() <= 1:
         return
     if options.mode == "train" and not options.run_name:

@@ -32,8 +32,18 @@ LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch.py"
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the OS says are free on localhost (held open until all are
-    picked, so no two are the same)."""
+    """Ports the OS says are free on localhost, no two the same.
+
+    Each is held open until all are picked, so no two are the same. The
+    sockets are closed before returning, so another process may take a
+    port before a worker binds it.
+
+    Args:
+        count: how many ports.
+
+    Returns:
+        `count` distinct TCP port numbers on 127.0.0.1.
+    """
     sockets = []
     try:
         for _ in range(count):
@@ -47,6 +57,15 @@ def free_ports(count: int) -> list[int]:
 
 
 def tf_config(ports: list[int], index: int) -> str:
+    """The TF_CONFIG of one local worker: every port a worker on 127.0.0.1.
+
+    Args:
+        ports: the cluster's ports, one per worker, in worker order.
+        index: this worker's index in `ports` (0 is the chief).
+
+    Returns:
+        TF_CONFIG as a JSON string, with no "chief" job.
+    """
     return json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
         "task": {"type": "worker", "index": index},
@@ -63,7 +82,19 @@ def _value(args: list[str], name: str):
 
 
 def worker_args(launch_args: list[str]) -> tuple[list[str], str]:
-    """The launch.py arguments every worker gets, and the run name they share."""
+    """The launch.py arguments every worker gets, and the run name they share.
+
+    Drops every argument that starts with --strategy and adds
+    --strategy=multi_worker_mirrored; adds --run_name=cluster-<date>-<time>
+    (local time) where none is given and the mode is not tune.
+
+    Args:
+        launch_args: the launch.py flags given after --.
+
+    Returns:
+        (the workers' arguments, the run name: given or picked; None with
+        --mode=tune and no --run_name).
+    """
     args = [a for a in launch_args if not a.startswith("--strategy")]
     args.append("--strategy=multi_worker_mirrored")
     run_name = _value(args, "run_name")
@@ -81,7 +112,24 @@ def _pump(stream, prefix: str) -> None:
 
 
 def run_cluster(workers: int, launch_args: list[str], grace_seconds: int = 10) -> int:
-    """Starts the workers; returns 0 if all succeed, else the first failure's code."""
+    """Starts the workers and waits for them.
+
+    Each worker is `launch.py` in a session of its own with its TF_CONFIG
+    (tf_config), its output prefixed with "[worker <i>] ". As soon as one
+    exits non-zero (or on Ctrl-C), the others get SIGTERM, and SIGKILL
+    after `grace_seconds`.
+
+    Args:
+        workers: how many worker processes to start.
+        launch_args: the launch.py flags (worker_args adds the strategy and
+            the run name).
+        grace_seconds: seconds the other workers get to stop after a
+            failure before they are killed.
+
+    Returns:
+        0 if every worker exited with 0, else 1 (whatever the failed
+        worker's own exit code; also after Ctrl-C).
+    """
     args, run_name = worker_args(launch_args)
     ports = free_ports(workers)
     processes, pumps = [], []
@@ -143,6 +191,15 @@ def _stop(processes, grace_seconds: int) -> None:
 
 
 def main(argv):
+    """The command: runs a local cluster with the flags after --.
+
+    Args:
+        argv: absl's remaining arguments; argv[1:] are launch.py's flags.
+
+    Returns:
+        The exit code: 2 when no --experiment is among launch.py's flags,
+        else run_cluster's.
+    """
     launch_args = argv[1:]
     if not any(a.startswith("--experiment") for a in launch_args):
         print("local_cluster: error: pass launch.py's flags after --, for example: "

@@ -31,28 +31,51 @@ _SLURM_PORTS, _SLURM_PORT_BLOCK = (20000, 32768), 64
 
 @dataclasses.dataclass(frozen=True)
 class SlurmTask:
-    """This task of a Slurm job step, as MultiWorkerMirroredStrategy needs it."""
-    config: dict            # the step in TF_CONFIG form, with this task's entry
-    gpus: tuple[int, ...]   # which of this task's visible GPUs it uses (none: CPU)
+    """This task of a Slurm job step, as MultiWorkerMirroredStrategy needs it.
+
+    Attributes:
+        config: the step in TF_CONFIG form, with this task's entry.
+        gpus: which of this task's visible GPUs it uses, as indices into
+            tf.config.list_physical_devices("GPU") (none: CPU).
+    """
+    config: dict
+    gpus: tuple[int, ...]
 
 
 def slurm_job_id() -> Optional[str]:
-    """The id of the Slurm job this process runs in (SLURM_JOB_ID), or None
-    outside Slurm."""
+    """The id of the Slurm job this process runs in (SLURM_JOB_ID).
+
+    Returns:
+        SLURM_JOB_ID as a string; None outside Slurm (unset or empty).
+    """
     return os.environ.get("SLURM_JOB_ID") or None
 
 
 def in_slurm_step() -> bool:
     """Whether this process is a task of a Slurm job step (started by srun).
-    A batch script or an salloc shell is inside a job but in no step."""
+
+    A batch script or an salloc shell is inside a job but in no step.
+
+    Returns:
+        True where SLURM_JOB_ID is set and non-empty and SLURM_STEP_ID (or
+        the older SLURM_STEPID), SLURM_PROCID and SLURM_STEP_NUM_TASKS are
+        set.
+    """
     env = os.environ
     return bool(slurm_job_id()) and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env) \
         and "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env
 
 
 def check_slurm_step() -> None:
-    """Inside a Slurm job without TF_CONFIG, multi-worker training needs the
-    workers started by srun: a batch script or salloc shell alone is one."""
+    """Checks that multi-worker training inside a Slurm job runs in a job step.
+
+    Inside a Slurm job without TF_CONFIG, multi-worker training needs the
+    workers started by srun: a batch script or salloc shell alone is one.
+    Outside Slurm, or with TF_CONFIG set, there is nothing to check.
+
+    Raises:
+        UserError: inside a Slurm job, TF_CONFIG unset and no job step.
+    """
     if slurm_job_id() and not os.environ.get("TF_CONFIG") and not in_slurm_step():
         raise UserError(f"--strategy=multi_worker_mirrored inside Slurm job {slurm_job_id()} "
                         "but not in a job step: start the workers with srun, e.g. "
@@ -60,6 +83,17 @@ def check_slurm_step() -> None:
 
 
 def slurm_int(name: str) -> int:
+    """One of Slurm's numeric environment variables.
+
+    Args:
+        name: the variable, e.g. "SLURM_STEP_NUM_TASKS".
+
+    Returns:
+        Its value as an int.
+
+    Raises:
+        UserError: the variable is unset, or not a non-negative whole number.
+    """
     raw = os.environ.get(name)
     if raw is None:
         raise UserError(f"inconsistent Slurm step: {name} is not set (start the workers "
@@ -121,16 +155,36 @@ def _slurm_gpu_share(visible: int, local_tasks: int, local_id: int,
 
 
 def slurm_tf_config(visible_gpus: int = 0) -> SlurmTask:
-    """This task of the current Slurm job step (srun), read from Slurm's
-    variables by TensorFlow's SlurmClusterResolver: every task of the step is
-    a worker on "<node>:<port>" (nodes sorted by name, each node's tasks on
-    consecutive ports), this task is the one on its node and local task id,
-    and worker 0 is the chief: Slurm's task 0, unless node names sort in
-    another order than Slurm's node list. `visible_gpus` is how many GPUs
-    this task sees; with none (a CPU-only node) the resolver's GPU
-    bookkeeping, which divides by the GPUs per task, gets one per task.
-    Raises UserError naming what is wrong: a step of one task, counts that
-    disagree, GPUs that cannot be shared among the node's tasks."""
+    """This task of the current Slurm job step (srun), in TF_CONFIG's form.
+
+    Read from Slurm's variables by TensorFlow's SlurmClusterResolver: every
+    task of the step is a worker on "<node>:<port>" (nodes sorted by name,
+    each node's tasks on consecutive ports from a base picked by the job and
+    step ids, or TF_SLURM_PORT_BASE), this task is the one on its node
+    (SLURMD_NODENAME, else SLURM_TOPOLOGY_ADDR) and local task id
+    (SLURM_LOCALID), and worker 0 is the
+    chief: Slurm's task 0, unless node names sort in another order than
+    Slurm's node list. The step's layout is first resolved with one GPU per
+    task, since the resolver's GPU bookkeeping divides by the GPUs per task
+    (on a CPU-only node there are none); with visible GPUs, the real counts
+    are checked by the resolver again.
+
+    Args:
+        visible_gpus: how many GPUs this task sees (0: a CPU-only node).
+
+    Returns:
+        A SlurmTask: the step as a checked TF_CONFIG dict
+        (tf_config.parse_tf_config), and the GPUs this task uses.
+
+    Raises:
+        UserError: naming what is wrong: a step of fewer than 2 tasks;
+            Slurm variables unset, not numbers or disagreeing
+            (SLURM_NTASKS, SLURM_STEP_NUM_TASKS, SLURM_PROCID, SLURM_LOCALID,
+            SLURMD_NODENAME), or a layout the resolver rejects or that
+            lacks this task; TF_SLURM_PORT_BASE not a port from 1024 to
+            65000; fewer GPUs than the node's tasks; GPUs that do not divide
+            evenly over the step's nodes.
+    """
     env = os.environ
     job = slurm_job_id()
     step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
@@ -183,8 +237,19 @@ def slurm_tf_config(visible_gpus: int = 0) -> SlurmTask:
 
 
 def slurm_cluster() -> dict:
-    """The Slurm step as TF_CONFIG; on GPU nodes, this task's GPUs made the
-    only ones TensorFlow uses."""
+    """The Slurm step as TF_CONFIG, with this task's GPUs made TensorFlow's.
+
+    On GPU nodes where this task uses fewer GPUs than it sees, only its own
+    are made visible (tf.config.set_visible_devices), which works only
+    before TensorFlow has started its runtime.
+
+    Returns:
+        The step in TF_CONFIG form (slurm_tf_config's config).
+
+    Raises:
+        UserError: what slurm_tf_config raises, or TensorFlow already
+            started, so this task's GPUs cannot be assigned.
+    """
     gpus = tf.config.list_physical_devices("GPU")
     task = slurm_tf_config(len(gpus))
     if task.gpus and len(task.gpus) < len(gpus):
@@ -198,14 +263,25 @@ def slurm_cluster() -> dict:
 
 
 def slurm_run_defaults(options):
-    """Inside a Slurm job, names what the command leaves unnamed after the
-    job: --run_name (--mode=train) or --sweep_name (--mode=tune) becomes
+    """Inside a Slurm job, names what the command leaves unnamed after the job.
+
+    --run_name (--mode=train) or --sweep_name (--mode=tune) becomes
     `slurm-<job id>`, the same on every task, so that a requeued job (it
     keeps its id) or the same srun run again in the job resumes its run.
-    Returns `options`, or a copy with the name set. Raises UserError where
-    several tasks of a step would each train on their own (a strategy other
-    than multi_worker_mirrored), or where multi_worker_mirrored is asked for
-    in the job but outside a step (no srun)."""
+    Outside Slurm, `options` is returned as it is.
+
+    Args:
+        options: the command's flags (common.config.options.RunOptions).
+
+    Returns:
+        `options`, or a copy (dataclasses.replace) with the name set.
+
+    Raises:
+        UserError: several tasks of a step would each train on their own (a
+            strategy other than multi_worker_mirrored), multi_worker_mirrored
+            is asked for in the job but outside a step (no srun), or
+            SLURM_STEP_NUM_TASKS is not a number.
+    """
     job = slurm_job_id()
     if job is None:
         return options

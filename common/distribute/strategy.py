@@ -20,6 +20,17 @@ def configure_cpu_devices(count: int) -> None:
 
     MirroredStrategy then runs `count` real replicas on a machine without
     accelerators: how distribution is tried on a laptop and tested in CI.
+    Logical devices can only be configured before TensorFlow initialises
+    its runtime; afterwards a call is fine only if the split is already
+    there.
+
+    Args:
+        count: how many logical CPU devices (--num_cpu_devices); 0 or less
+            leaves the CPU as it is.
+
+    Raises:
+        UserError: TensorFlow already runs with another number of CPU
+            devices.
     """
     if count <= 0:
         return
@@ -74,7 +85,32 @@ def _mirrored_strategy() -> tf.distribute.Strategy:
 
 def get_strategy(name: str, *, tpu: str = "", device: str = "cpu",
                  cluster_timeout: float = 900.0) -> tf.distribute.Strategy:
-    """Builds strategy `name`; raises UserError for a bad name or absent hardware."""
+    """Builds strategy `name`.
+
+    "default" is tf.distribute.get_strategy() (no distribution);
+    "one_device" places everything on `device`; "mirrored" spans every
+    logical GPU, or else every logical CPU with reduction through one
+    device (NCCL all-reduce is GPU-only); "multi_worker_mirrored" is
+    clusters.multi_worker_strategy; "tpu" connects to `tpu` and initialises
+    the TPU system.
+
+    Args:
+        name: one of common.config.choices.STRATEGIES (--strategy).
+        tpu: the TPU's address for "tpu" (--tpu); empty means this TPU VM
+            ("local", as in TensorFlow's TPUClusterResolver docs).
+        device: for "one_device": "cpu", "gpu" or "gpu:N" (--device; "cpu"
+            and "gpu" mean index 0).
+        cluster_timeout: for "multi_worker_mirrored", seconds to wait for
+            the other workers.
+
+    Returns:
+        The tf.distribute.Strategy.
+
+    Raises:
+        UserError: an unknown name (the message lists the valid ones); a
+            bad --device, or one this machine lacks; no TPU at --tpu; a
+            cluster that cannot start (clusters.multi_worker_strategy).
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -89,7 +125,19 @@ def get_strategy(name: str, *, tpu: str = "", device: str = "cpu",
 
 
 def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int:
-    """Returns the per-replica batch; the global batch must divide evenly."""
+    """The per-replica batch of a global batch, which must divide evenly.
+
+    Args:
+        batch_size: the global batch, examples per step over all replicas.
+        strategy: the run's strategy (its num_replicas_in_sync).
+
+    Returns:
+        batch_size // num_replicas_in_sync.
+
+    Raises:
+        UserError: a batch size of 0 or less, or one that is not a multiple
+            of the replicas.
+    """
     replicas = strategy.num_replicas_in_sync
     if batch_size <= 0 or batch_size % replicas:
         raise UserError(f"global batch size {batch_size} does not divide across "
@@ -98,7 +146,16 @@ def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    """A readable name for logs and metrics ("MirroredStrategy")."""
+    """A readable name for logs and metrics ("MirroredStrategy").
+
+    Args:
+        strategy: any tf.distribute strategy.
+
+    Returns:
+        Its class name, but "DefaultStrategy" for TensorFlow's default
+        strategy and "MultiWorkerMirroredStrategy" for its implementation
+        class, CollectiveAllReduceStrategy.
+    """
     names = {"_DefaultDistributionStrategy": "DefaultStrategy",
              # MultiWorkerMirroredStrategy's implementation class.
              "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy"}
@@ -107,7 +164,15 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
 
 
 def task_id(strategy: tf.distribute.Strategy) -> int:
-    """This worker's index in a cluster (0 outside one)."""
+    """This worker's index in a cluster (0 outside one).
+
+    Args:
+        strategy: the run's strategy.
+
+    Returns:
+        The cluster resolver's task_id; 0 where the strategy has no
+        resolver or the resolver has no task type.
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or resolver.task_type is None:
         return 0
@@ -115,9 +180,20 @@ def task_id(strategy: tf.distribute.Strategy) -> int:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run's results: always outside a
-    cluster; in one, the task of type "chief", or worker 0 where the cluster
-    names no chief (TensorFlow's convention)."""
+    """Whether this process writes the run's results.
+
+    Always outside a cluster; in one, the task of type "chief", or worker 0
+    where the cluster names no chief (TensorFlow's convention, as in
+    tensorflow/python/distribute/multi_worker_util.py's is_chief).
+
+    Args:
+        strategy: the run's strategy.
+
+    Returns:
+        True for any strategy but MultiWorkerMirroredStrategy, one without a
+        cluster resolver, or a task with no type or of type "chief"; else
+        True only for worker 0 of a cluster without a chief.
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
         return True
@@ -129,9 +205,18 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def weights_checksum(model) -> str:
-    """SHA-256 of the model's weights (first 16 hex digits): equal on every
-    worker of an all-reduce run, which is what synchronous data-parallel
-    training promises."""
+    """SHA-256 of the model's weights (first 16 hex digits).
+
+    Equal on every worker of an all-reduce run, which is what synchronous
+    data-parallel training promises.
+
+    Args:
+        model: a built Keras model; all its weights (model.weights,
+            trainable or not) are hashed in order, as their raw bytes.
+
+    Returns:
+        The first 16 hexadecimal digits of the digest, a str.
+    """
     digest = hashlib.sha256()
     for weight in model.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())

@@ -8,8 +8,27 @@ CLUSTER_JOBS = ("chief", "worker")
 
 
 def parse_tf_config(raw: str) -> dict:
-    """TF_CONFIG, checked: a cluster of "host:port" lists (chief, worker),
-    and this process's task in it. Raises UserError naming what is wrong."""
+    """TF_CONFIG, checked: a cluster of "host:port" lists and this task in it.
+
+    The jobs may be chief and worker. The form is TensorFlow's, read by its TFConfigClusterResolver
+    (TensorFlow's multi-worker training guide):
+    {"cluster": {"chief": [...], "worker": ["host:port", ...]},
+    "task": {"type": "worker", "index": 0}}. This check, and this project's
+    code, read a task without "index" as index 0.
+
+    Args:
+        raw: the value of the TF_CONFIG environment variable, a JSON string.
+
+    Returns:
+        The parsed TF_CONFIG, a dict with "cluster" and "task", unchanged.
+
+    Raises:
+        UserError: naming what is wrong: not JSON; no cluster, or an empty
+            one; a job other than chief and worker; addresses that are not
+            a list of "host:port" strings; more than one chief; no task; an
+            evaluator task (not run by this project); a task type that is
+            not a job of the cluster, or an index outside its job.
+    """
     form = ('{"cluster": {"worker": ["host:port", ...]}, '
             '"task": {"type": "worker", "index": 0}}')
     try:

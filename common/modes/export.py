@@ -21,6 +21,11 @@ def run(experiment, options: RunOptions, config: dict,
     """Writes export/ for the finished run --run_name (again, if it has
     one) and rewrites its metrics.json with the exported models.
 
+    The model exported is the run's Keras model named "model", else the
+    first keras/h5 model it declares; the run's lock is held meanwhile.
+    metrics.json's previous export/ entries are replaced and its
+    "export_error" dropped. Prints each exported file with its size.
+
     Args:
         experiment: the experiment's module (unused).
         options: the command's flags (results_dir, run_name).
@@ -32,8 +37,9 @@ def run(experiment, options: RunOptions, config: dict,
         The run's new metrics.json.
 
     Raises:
-        UserError: a missing or unfinished run, no Keras model, a model
-            that cannot be loaded, class names that do not match it.
+        UserError: a missing or unfinished run, a run another process
+            holds (its lock), no Keras model, a model that cannot be loaded,
+            class names that do not match it.
     """
     del experiment, config, strategy
     run_dir = saved.find_finished(options.results_dir, options.experiment, options.run_name)

@@ -31,8 +31,10 @@ def run(experiment, options: RunOptions, config: dict,
 
     Raises:
         UserError: a missing or unfinished run, no image file at --inputs,
-            --top_k above the number of classes, or no file that could be
-            read.
+            a model that cannot be loaded, class names whose count is not
+            the model's, --top_k above the number of classes, an --output
+            that cannot be written, or no file that could be read (raised
+            after the table is printed and the CSV written).
     """
     del experiment, strategy
     run_dir = saved.find_finished(options.results_dir, options.experiment, options.run_name)

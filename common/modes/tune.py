@@ -1,4 +1,5 @@
-"""Keras Tuner sweeps over an experiment's search space, on the project's runner.
+"""Keras Tuner sweeps over an experiment's search space, each trial a run of
+training/run.py's `train_run`.
 
 Keras Tuner 1.4 checks models against Keras 3 and rejects tf_keras ones, so
 the tuners here override `run_trial` (Keras Tuner's documented route for any
@@ -43,7 +44,21 @@ OBJECTIVE = "val_accuracy"
 
 
 def search_space(experiment, config: dict) -> kt.HyperParameters:
-    """The experiment's declared space, checked against its hyperparameters."""
+    """The experiment's declared space, checked against its hyperparameters.
+
+    Args:
+        experiment: the experiment's module; its search_space(hp) hook
+            declares the space on a kt.HyperParameters.
+        config: the resolved hyperparameters; every searched name must be
+            one of them.
+
+    Returns:
+        The declared kt.HyperParameters.
+
+    Raises:
+        UserError: the experiment declares no search_space, or the space
+            names a hyperparameter `config` does not have.
+    """
     declare = experiments.hook(experiment, "search_space")
     if declare is None:
         raise UserError(f"experiment {experiment.__name__.split('.')[-1]!r} declares no "
@@ -109,7 +124,14 @@ class _ProjectTrials:
 
 def trial_folder(trial_id: str) -> str:
     """A trial's folder, trial_<n>: n is Keras Tuner's trial id plus one, the
-    number its own messages use."""
+    number its own messages use.
+
+    Args:
+        trial_id: Keras Tuner's trial id, a zero-padded count from 0 ("00").
+
+    Returns:
+        The folder's name within the sweep's folder, e.g. "trial_1".
+    """
     return f"trial_{int(trial_id) + 1}"
 
 
@@ -336,6 +358,21 @@ def _first_failure(tuner) -> tuple[str, str]:
 
 
 def format_best(trials, config: dict) -> str:
+    """The best trials as a text table for the sweep's summary.
+
+    Args:
+        trials: completed Keras Tuner trials with a score, in the order the
+            rows are wanted (best first).
+        config: the hyperparameters every trial started from; its "epochs"
+            is shown for a trial whose values have no "tuner/epochs" (all
+            but Hyperband's).
+
+    Returns:
+        "Best trials:" and a table: trial folder, the objective's score
+        (four decimals), epochs, then every searched hyperparameter (sorted
+        by name; floats to four significant digits), columns padded to
+        their widest cell.
+    """
     names = sorted({k for t in trials for k in _trial_values(t)})
     header = ["trial", OBJECTIVE, "epochs"] + names
     rows = []

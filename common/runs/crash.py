@@ -7,9 +7,20 @@ import traceback
 
 
 def write_log(results_dir: str, experiment: str) -> pathlib.Path:
-    """Writes the current exception's traceback to
-    <results_dir>/crashes/<time>-<experiment>.log (or the temporary folder
-    if that cannot be written); returns the path."""
+    """Writes the current exception's traceback to a log file.
+
+    The file is <results_dir>/crashes/<YYYYmmdd-HHMMSS>-<experiment>.log, or
+    the same name in the system's temporary folder if that cannot be
+    written. Call it while handling the exception (traceback.format_exc()).
+
+    Args:
+        results_dir: the results folder (--results_dir).
+        experiment: the experiment's name, part of the file's name.
+
+    Returns:
+        The path of the log written, or Path("(unwritable)") when neither
+        folder can be written.
+    """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     text = traceback.format_exc()
     for folder in (pathlib.Path(results_dir) / "crashes", pathlib.Path(tempfile.gettempdir())):

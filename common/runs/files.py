@@ -3,7 +3,7 @@
 Strict JSON written atomically (non-finite numbers as null), history.csv
 (one row per epoch, rewritten atomically), the checked run and sweep names,
 fresh timestamped folders, and file-system errors as one line. The folder
-layout is results/README.md's; runs/folder.py is a run folder's life.
+layout is results/README.md's; common/runs/folder.py is a run folder's life.
 """
 
 import csv
@@ -28,7 +28,20 @@ MAX_NAME_LENGTH = 100
 
 def finite(payload: Any) -> Any:
     """`payload` with every non-finite float replaced by None (JSON has no
-    NaN or Infinity)."""
+    NaN or Infinity).
+
+    Dicts, lists and tuples are walked recursively (tuples come back as
+    lists; dict keys are kept as they are); other values are returned
+    unchanged.
+
+    Args:
+        payload: any JSON-like value: a float, dict, list, tuple or other
+            value.
+
+    Returns:
+        A copy of `payload` (new dicts and lists) in which every float that
+        is NaN or infinite is None.
+    """
     if isinstance(payload, float):
         return payload if math.isfinite(payload) else None
     if isinstance(payload, dict):
@@ -55,18 +68,51 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def write_json_atomic(path: pathlib.Path, payload: Any) -> None:
-    """Writes strict JSON so that readers see the old file or the whole new one."""
+    """Writes strict JSON so that readers see the old file or the whole new one.
+
+    The text (indented by 2, keys sorted, non-finite floats as null, values
+    JSON cannot hold written as their str()) goes to a temporary file in the
+    same folder, is synced, made readable by all (mode 0644) and renamed
+    over `path`.
+
+    Args:
+        path: the file to write; its folder must exist.
+        payload: the JSON-like value to write (see finite()).
+
+    Raises:
+        OSError: the folder cannot be written (the temporary file is removed).
+    """
     text = json.dumps(finite(payload), indent=2, sort_keys=True, default=str,
                       allow_nan=False)
     _write_atomic(path, text + "\n")
 
 
 def read_json(path: pathlib.Path) -> Any:
+    """The JSON value in the file at `path`.
+
+    Args:
+        path: the JSON file to read.
+
+    Returns:
+        The parsed value (a dict, list, str, number, bool or None).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not valid JSON (json.JSONDecodeError).
+    """
     with open(path) as f:
         return json.load(f)
 
 
 def library_versions() -> dict[str, str]:
+    """The versions of Python and of the libraries a run depends on, for
+    config.json.
+
+    Returns:
+        {"python": version, and for each of tensorflow, tf-keras,
+        tensorflow-datasets, tensorflow-model-optimization, keras-tuner and
+        tensorboard: its installed version or "not installed"}.
+    """
     from importlib import metadata
     versions = {"python": platform.python_version()}
     for package in ("tensorflow", "tf-keras", "tensorflow-datasets",
@@ -79,9 +125,21 @@ def library_versions() -> dict[str, str]:
 
 
 def check_name(flag: str, name: str) -> None:
-    """Raises UserError unless `name` is one plain, printable folder name:
-    no path separators, not . or .., no control characters, UTF-8, at most
-    MAX_NAME_LENGTH characters."""
+    """Raises UserError unless `name` is one plain, printable folder name.
+
+    A plain name is not empty or all whitespace, holds no path separator
+    (/, a backslash or os.altsep), does not start with a dot (so neither . nor ..
+    nor a hidden name), is at most MAX_NAME_LENGTH characters, holds only
+    printable characters and encodes as UTF-8.
+
+    Args:
+        flag: the flag's name without dashes (run_name, sweep_name), for
+            the message.
+        name: the name to check.
+
+    Raises:
+        UserError: `name` is not a plain folder name; the message says why.
+    """
     problem = None
     if not name or not name.strip():
         problem = "it is empty"
@@ -105,14 +163,38 @@ def check_name(flag: str, name: str) -> None:
 
 def os_error(e: OSError, doing: str) -> UserError:
     """A one-line UserError for a file-system failure: the path and the
-    operating system's reason."""
+    operating system's reason.
+
+    Args:
+        e: the operating system's error.
+        doing: what failed, as a verb phrase ("lock run", "create the run
+            folder"), after "cannot".
+
+    Returns:
+        UserError("cannot <doing> <e.filename>: <e.strerror>"), for the
+        caller to raise (without the filename when `e` has none).
+    """
     where = f" {e.filename}" if e.filename else ""
     return UserError(f"cannot {doing}{where}: {e.strerror or e}")
 
 
 def new_dir(parent: pathlib.Path, prefix: str = "") -> pathlib.Path:
     """Creates and returns a fresh timestamped folder under `parent` (with a
-    suffix if another run took that second)."""
+    suffix if another run took that second).
+
+    Args:
+        parent: the folder to create it in (created with its parents if
+            missing).
+        prefix: text before the timestamp ("sweep-" for sweeps).
+
+    Returns:
+        The new folder: <parent>/<prefix>YYYYmmdd-HHMMSS, or with -1 ... -999
+        appended when that name is taken.
+
+    Raises:
+        UserError: all 1000 names of this second are taken.
+        OSError: `parent` cannot be created or written.
+    """
     stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for suffix in range(1000):
         path = pathlib.Path(parent) / (stamp if suffix == 0 else f"{stamp}-{suffix}")
@@ -127,7 +209,19 @@ def new_dir(parent: pathlib.Path, prefix: str = "") -> pathlib.Path:
 def read_history(run_dir: pathlib.Path) -> list[dict[str, Any]]:
     """Per-epoch rows of history.csv, one per epoch (the last write wins),
     sorted by epoch; a torn or malformed row is dropped (that epoch is then
-    redone or refilled by the resuming run)."""
+    redone or refilled by the resuming run).
+
+    Args:
+        run_dir: the folder holding history.csv.
+
+    Returns:
+        A list of {"epoch": int, column: float or None, ...}, one per epoch in
+        ascending order (an empty cell or "None" reads as None); [] when
+        there is no history.csv.
+
+    Raises:
+        OSError: history.csv exists but cannot be read.
+    """
     path = pathlib.Path(run_dir) / HISTORY_FILE
     if not path.exists():
         return []
@@ -148,7 +242,19 @@ def read_history(run_dir: pathlib.Path) -> list[dict[str, Any]]:
 
 def write_history(run_dir: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     """Writes history.csv atomically: one row per epoch, columns the union of
-    the rows' keys (epoch first)."""
+    the rows' keys (epoch first).
+
+    Rows are written sorted by epoch; a missing or None value is an empty
+    cell. The file is replaced atomically, as write_json_atomic() does.
+
+    Args:
+        run_dir: the folder to write history.csv in.
+        rows: the per-epoch rows, each a dict with an "epoch" key (int) and
+            figures by column name.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
     columns = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")

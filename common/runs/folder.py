@@ -36,6 +36,30 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
     unfinished run of the same hyperparameters and data is resumed (or, with
     `restart`, emptied and started over); a finished run, or one made with
     other hyperparameters or data, is an error rather than an overwrite.
+    A named folder without config.json (new, or made by another worker) is
+    a new run; a config.json without "hparams" or "data" matches any.
+
+    Args:
+        parent: the folder of the experiment's runs (created if missing).
+        run_name: the run folder's name (--run_name), or None for a fresh
+            timestamped one.
+        hparams: the resolved hyperparameters; a resumed run's config.json
+            "hparams" must equal them key by key.
+        data: dataset, data_dir and source; a resumed run's config.json
+            "data" must equal them key by key.
+        restart: empty a named, unfinished run that has a config.json (all
+            but its lock, even a damaged config.json) and start it over.
+
+    Returns:
+        (run_dir, resuming, lock): the run folder (pathlib.Path), whether an
+        unfinished run is continued (bool), and the Lock on the folder, held;
+        the caller releases it.
+
+    Raises:
+        UserError: the run already finished (runs are never overwritten);
+            its config.json is damaged and `restart` is not set; it was
+            started with other hyperparameters or data; another process
+            holds its lock; or the folder cannot be created.
     """
     parent = pathlib.Path(parent)
     try:
@@ -93,7 +117,17 @@ def _differences(previous: Optional[dict], current: dict) -> list[str]:
 
 
 def clear_run(path: pathlib.Path) -> None:
-    """Empties an unfinished run folder (all but its lock): --restart."""
+    """Empties an unfinished run folder (all but its lock): --restart.
+
+    Folders are removed with their contents; files and symbolic links are
+    unlinked (a link's target is left alone).
+
+    Args:
+        path: the run folder to empty.
+
+    Raises:
+        OSError: an entry cannot be removed.
+    """
     for child in pathlib.Path(path).iterdir():
         if child.name == files.LOCK_FILE:
             continue
@@ -228,7 +262,34 @@ class RunFolder:
 
     def finish(self, status: str, metrics: dict[str, Any]) -> dict[str, Any]:
         """Writes metrics.json (last, atomically) with the run's status and
-        the figures common to every run; drops what resuming needed."""
+        the figures common to every run; drops what resuming needed.
+
+        The figures common to every run are read from this process's
+        history.csv and the run's config and strategy: experiment, run, status,
+        dataset, data_source, strategy, num_replicas, global_batch_size, epochs
+        (rows of history.csv), seconds_per_epoch, train_images_per_second (the
+        median of the epochs' images_per_second after the first, the upper one
+        of an even count; the only one if there is one), seconds_this_invocation
+        and history; `metrics` is merged last and overrides them.
+
+        On the chief, metrics.json is written and the run folder's backup/ and
+        stages/ are removed (a failed run under MultiWorkerMirroredStrategy
+        keeps backup/). On another worker nothing is written and its
+        workertemp_<i>/ folder is removed.
+
+        Args:
+            status: one of STATUSES: "completed", "stopped_early" or "failed".
+            metrics: the run's own figures (test_accuracy, test_loss, models,
+                ...), JSON-like.
+
+        Returns:
+            The payload: the dict metrics.json holds (or would hold, on a worker
+            that is not the chief).
+
+        Raises:
+            AssertionError: `status` is not one of STATUSES.
+            OSError: metrics.json cannot be written.
+        """
         assert status in STATUSES, status
         history = files.read_history(self.write_dir)
         seconds = [row.get("wall_seconds") for row in history]
@@ -269,7 +330,17 @@ class RunFolder:
 
     def fail(self, reason: str, metrics: dict[str, Any]) -> None:
         """Records a failed run (metrics.json, status failed) and raises
-        RunFailed with `reason`."""
+        RunFailed with `reason`.
+
+        Args:
+            reason: why the run failed, one line; metrics.json's "failure".
+            metrics: more figures for metrics.json; test_accuracy and test_loss
+                are None unless `metrics` sets them.
+
+        Raises:
+            RunFailed: always, after finish("failed", ...): "run <run_dir>
+                failed: <reason>".
+        """
         self.finish("failed", {"failure": reason, "test_accuracy": None, "test_loss": None,
                                **metrics})
         raise RunFailed(f"run {self.run_dir} failed: {reason}")
@@ -278,7 +349,17 @@ class RunFolder:
 def write_hparams(run_dir: pathlib.Path, config: dict, trial_id: str) -> None:
     """The run's hyperparameters for TensorBoard's HParams dashboard, under
     a trial id that names the experiment; its metrics are the epoch_*
-    scalars of train/, validation/ and test/."""
+    scalars of train/, validation/ and test/.
+
+    Writes an HParams summary to <run_dir>/logs. Only hyperparameters whose
+    value is a bool, int, float or str are recorded; others are left out.
+
+    Args:
+        run_dir: the run folder.
+        config: the resolved hyperparameters.
+        trial_id: the name the dashboard shows for the run
+            ("<experiment>/<run>", or "<experiment>/<sweep>/<trial>").
+    """
     values = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
     with writer.as_default():
@@ -288,7 +369,17 @@ def write_hparams(run_dir: pathlib.Path, config: dict, trial_id: str) -> None:
 
 def write_test_scalars(write_dir: pathlib.Path, step: int, test: dict) -> None:
     """Test figures beside train/ and validation/, so the HParams dashboard
-    lists them as metrics of the run."""
+    lists them as metrics of the run.
+
+    Writes the scalars epoch_loss and epoch_accuracy (those not None) to
+    <write_dir>/logs/test.
+
+    Args:
+        write_dir: where this process writes (RunFolder.write_dir).
+        step: the step to record them at (the number of epochs trained).
+        test: the test figures: {"loss": float, "accuracy": float, ...};
+            other keys are ignored.
+    """
     writer = tf.summary.create_file_writer(str(write_dir / "logs" / "test"))
     with writer.as_default():
         for name in ("loss", "accuracy"):

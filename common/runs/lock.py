@@ -13,7 +13,16 @@ from common.runs.files import LOCK_FILE, os_error
 class Lock:
     """An exclusive lock on a folder (flock on its .lock file, which records
     host and PID). The kernel releases it when its owner exits, however it
-    ends, so a dead owner's lock is simply taken over."""
+    ends, so a dead owner's lock is simply taken over.
+
+    Creating a Lock takes nothing; acquire() takes the lock and release()
+    gives it back.
+
+    Args:
+        folder: the folder to lock; it must exist (its .lock file is created
+            in it).
+        what: what the folder is ("run", "sweep"), for messages.
+    """
 
     def __init__(self, folder: pathlib.Path, what: str):
         self.path = pathlib.Path(folder) / LOCK_FILE
@@ -21,6 +30,16 @@ class Lock:
         self._file = None
 
     def acquire(self) -> "Lock":
+        """Takes the lock without waiting and records this process in .lock.
+
+        Returns:
+            This Lock, now held (so `Lock(folder, "run").acquire()` reads as
+            one step).
+
+        Raises:
+            UserError: another process holds the lock (the message names the
+                owner that .lock records), or .lock cannot be opened.
+        """
         try:
             handle = open(self.path, "a+")
         except OSError as e:
@@ -42,6 +61,10 @@ class Lock:
         return self
 
     def release(self) -> None:
+        """Releases the lock (closes .lock); a no-op if it is not held.
+
+        The .lock file stays, with the last owner's line in it.
+        """
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -55,7 +55,23 @@ def _problem(metrics: Any) -> Optional[str]:
 
 def find_runs(results_dir: pathlib.Path) -> dict[str, list[dict[str, Any]]]:
     """experiment -> runs (metrics.json plus where it was found); unreadable
-    or malformed files are skipped with one line on stderr."""
+    or malformed files are skipped with one line on stderr.
+
+    Every metrics.json one or more folders below `results_dir` is read,
+    except under its bench/ and crashes/ folders. A file is malformed when it
+    is not a JSON object, a run that did not fail has no finite
+    test_accuracy, or its history is not a list of rows with a numeric
+    epoch. Failed runs are kept.
+
+    Args:
+        results_dir: the results folder, a pathlib.Path.
+
+    Returns:
+        {experiment (the first folder under `results_dir`): [metrics dict,
+        ...]} in path order; each dict also holds "_name" (the run's folder
+        below the experiment's, "/"-joined: "run" or "sweep/trial") and
+        "_dir" (the run folder, a pathlib.Path).
+    """
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(results_dir.glob("*/**/metrics.json")):
         relative = path.parent.relative_to(results_dir)
@@ -78,7 +94,17 @@ def find_runs(results_dir: pathlib.Path) -> dict[str, list[dict[str, Any]]]:
 
 def headline_model(run: dict) -> Optional[dict]:
     """The declared model whose figures are the run's headline (metrics'
-    headline_model; runs before it declared models: model/model.keras)."""
+    headline_model; runs before it declared models: model/model.keras).
+
+    Args:
+        run: one run as find_runs() returns it (needs "_dir").
+
+    Returns:
+        The "models" entry named by metrics.json's "headline_model" (default
+        "model"); failing that, {"name", "path" (absolute), "bytes"} of the
+        file at "model_path" (default model/model.keras) if it exists; else
+        None.
+    """
     name = run.get("headline_model", "model")
     for entry in run.get("models") or []:
         if isinstance(entry, dict) and entry.get("name") == name:
@@ -89,6 +115,15 @@ def headline_model(run: dict) -> Optional[dict]:
 
 
 def model_bytes(run: dict) -> Optional[int]:
+    """The size of the run's headline model.
+
+    Args:
+        run: one run as find_runs() returns it.
+
+    Returns:
+        The headline model's "bytes" (int), or None without a headline model
+        or a recorded size.
+    """
     entry = headline_model(run)
     return entry.get("bytes") if entry else None
 
@@ -109,7 +144,16 @@ def _seconds(value) -> Optional[str]:
 
 def data_label(run: dict) -> str:
     """The dataset, and the folder it came from unless that is TFDS or a
-    system dataset package (a fixture or a user's folder is named)."""
+    system dataset package (a fixture or a user's folder is named).
+
+    Args:
+        run: one run's metrics.json ("dataset", "data_source").
+
+    Returns:
+        "<dataset>" when data_source is missing or starts with one of
+        REAL_SOURCES, else "<dataset> (<last part of data_source>)"; "?"
+        stands for a missing dataset.
+    """
     dataset, source = run.get("dataset", "?"), str(run.get("data_source") or "")
     if not source or source.startswith(REAL_SOURCES):
         return str(dataset)
@@ -117,6 +161,15 @@ def data_label(run: dict) -> str:
 
 
 def rows_for(runs: list[dict]) -> list[list[str]]:
+    """The rows of one experiment's table, one per run, in COLUMNS' order.
+
+    Args:
+        runs: the experiment's runs as find_runs() returns them.
+
+    Returns:
+        One list of cell strings per run, in the order of `runs`; a missing
+        figure is "-", a run without a status reads "completed".
+    """
     return [[_cell(v) for v in (run["_name"], run.get("status", "completed"), data_label(run),
                                  run.get("strategy"), run.get("num_replicas"),
                                  run.get("epochs"), run.get("test_accuracy"),
@@ -125,7 +178,16 @@ def rows_for(runs: list[dict]) -> list[list[str]]:
 
 
 def comparison_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
-    """One row per experiment: its best completed run by test accuracy."""
+    """One row per experiment: its best run by test accuracy among those that
+    did not fail (completed, stopped early, or without a status).
+
+    Args:
+        runs: experiment -> runs, as find_runs() returns them.
+
+    Returns:
+        One list of cell strings per experiment, in COMPARISON's order and
+        sorted by experiment; an experiment whose runs all failed has no row.
+    """
     rows = []
     for experiment in sorted(runs):
         done = [r for r in runs[experiment] if r.get("status", "completed") != "failed"]
@@ -153,6 +215,16 @@ def _exported_bytes(metrics: dict) -> dict[str, int]:
 
 
 def text_table(columns, rows: list[list[str]]) -> str:
+    """A plain-text table: left-aligned columns two spaces apart, the header
+    underlined with dashes.
+
+    Args:
+        columns: the header's cells, a sequence of str.
+        rows: the rows, each a list of str with one cell per column.
+
+    Returns:
+        The table's lines joined by newlines (no final newline).
+    """
     widths = [max(len(r[i]) for r in [list(columns)] + rows) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
@@ -160,6 +232,16 @@ def text_table(columns, rows: list[list[str]]) -> str:
 
 
 def markdown_table(columns, rows: list[list[str]]) -> str:
+    """A Markdown (GitHub) pipe table; cells are written as they are, not
+    escaped.
+
+    Args:
+        columns: the header's cells, a sequence of str.
+        rows: the rows, each a list of str with one cell per column.
+
+    Returns:
+        The table's lines joined by newlines (no final newline).
+    """
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -174,8 +256,23 @@ def _pyplot():
 
 def plot_curves(experiment: str, runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
     """Loss and accuracy per epoch (epochs numbered from 1), training solid
-    and validation dashed, with markers so a one-epoch run shows; stage
-    boundaries of a run's first curve dotted."""
+    and validation dashed, with markers so a one-epoch run shows; the stage
+    boundaries of the best plotted run dotted.
+
+    Plots the runs that did not fail and have a history, the best
+    `max_runs` by test accuracy, on two panels (loss, accuracy), and writes
+    them as one PNG.
+
+    Args:
+        experiment: the experiment's name, for the titles.
+        runs: the experiment's runs as find_runs() returns them.
+        path: the PNG file to write.
+        max_runs: at most this many runs are plotted.
+
+    Returns:
+        True if the PNG was written; False (nothing written) when no run
+        qualifies.
+    """
     from matplotlib.ticker import MaxNLocator
     plt = _pyplot()
     chosen = sorted((r for r in runs if r.get("history") and r.get("status") != "failed"),
@@ -214,7 +311,23 @@ def plot_curves(experiment: str, runs: list[dict], path: pathlib.Path, max_runs:
 
 def plot_accuracy_vs_size(experiment: str, runs: list[dict], path: pathlib.Path) -> bool:
     """Test accuracy against gzip size of every model a run measured; the
-    accuracy axis spans at least 5 points, so small differences look small."""
+    accuracy axis spans at least 5 points, so small differences look small.
+
+    Each run that did not fail and has a "models_measured" list contributes
+    its rows with numeric gzip_bytes and test_accuracy (a fraction), one
+    hollow marker each; sizes are in KiB on a log scale. The accuracy axis
+    is clipped to [0, 1], so near either end it can span less than 5
+    points.
+
+    Args:
+        experiment: the experiment's name, for the title.
+        runs: the experiment's runs as find_runs() returns them.
+        path: the PNG file to write.
+
+    Returns:
+        True if the PNG was written; False (nothing written) when no run
+        measured a model with both figures.
+    """
     from matplotlib.ticker import FuncFormatter
     plt = _pyplot()
     measured = [r for r in runs if isinstance(r.get("models_measured"), list)
@@ -260,7 +373,25 @@ def plot_accuracy_vs_size(experiment: str, runs: list[dict], path: pathlib.Path)
 
 
 def build_report(results_dir: pathlib.Path, max_runs: int = 8) -> tuple[str, str]:
-    """Returns (text printed, markdown written to results_dir/report.md)."""
+    """Returns (text printed, markdown written to results_dir/report.md).
+
+    Writes the plots, report_<experiment>_curves.png and
+    report_<experiment>_accuracy_vs_size.png, into `results_dir`; the caller
+    prints the text and writes report.md (main()).
+
+    Args:
+        results_dir: the results folder, a pathlib.Path.
+        max_runs: at most this many runs' curves per experiment.
+
+    Returns:
+        (text, markdown), both str: the comparison table and one table per
+        experiment, as plain text and as Markdown with the plots linked;
+        when no run is found, a one-line message (in the markdown, under
+        its heading).
+
+    Raises:
+        OSError: a plot cannot be written.
+    """
     runs = find_runs(results_dir)
     if not runs:
         message = f"no finished runs (metrics.json) under {results_dir}"
@@ -287,6 +418,17 @@ def build_report(results_dir: pathlib.Path, max_runs: int = 8) -> tuple[str, str
 
 
 def main(argv):
+    """The command: prints the report and writes <--results_dir>/report.md.
+
+    Args:
+        argv: the command line left after absl's flags; only the program's
+            name is allowed.
+
+    Returns:
+        The exit status (int): 0, or 1 after one line on stderr for
+        unexpected arguments, a missing --results_dir or a file that cannot
+        be written.
+    """
     if len(argv) > 1:
         print(f"report: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 1

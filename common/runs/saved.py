@@ -30,7 +30,18 @@ FINISHED = ("completed", "stopped_early")
 
 def save_final_model(model: tf_keras.Model, write_dir: pathlib.Path, keep: str) -> pathlib.Path:
     """Saves the run's final model in model/: model.h5 where its last stage
-    keeps whole models as HDF5, else model.keras."""
+    keeps whole models as HDF5, else model.keras.
+
+    Args:
+        model: the trained model.
+        write_dir: where this process writes (its model/ folder is created
+            if missing; `write_dir` itself must exist).
+        keep: the last stage's keep form ("weights", "model" or "h5"); only
+            "h5" selects HDF5.
+
+    Returns:
+        The saved file: <write_dir>/model/model.h5 or model/model.keras.
+    """
     folder = pathlib.Path(write_dir) / "model"
     folder.mkdir(exist_ok=True)
     path = folder / ("model.h5" if keep == "h5" else "model.keras")
@@ -40,7 +51,30 @@ def save_final_model(model: tf_keras.Model, write_dir: pathlib.Path, keep: str) 
 
 def declare(write_dir: pathlib.Path, name: str, path: pathlib.Path,
             load_scope=None) -> dict[str, Any]:
-    """A metrics.json "models" entry for the file or folder at `path`."""
+    """A metrics.json "models" entry for the file or folder at `path`.
+
+    The format follows from `path`: a folder is a saved_model (its size is
+    the sum of its files' sizes); a file is keras, h5 or tflite by its
+    suffix (.keras, .h5, .tflite).
+
+    Args:
+        write_dir: the folder the entry's path is relative to (the run
+            folder); `path` must be inside it.
+        name: the model's name in the run ("model", "int8_tflite", ...).
+        path: the model's file or folder.
+        load_scope: a module-level function returning the context manager
+            loading needs (custom objects), or None; it is recorded as
+            "module:qualified name".
+
+    Returns:
+        {"name": str, "format": str, "path": str (relative to
+        `write_dir`), "bytes": int}, with "load_scope": str when given.
+
+    Raises:
+        KeyError: a file whose suffix is none of .keras, .h5 and .tflite.
+        ValueError: `path` is not inside `write_dir`.
+        OSError: `path` does not exist.
+    """
     path = pathlib.Path(path)
     if path.is_dir():
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -65,7 +99,21 @@ def _scope(entry: dict):
 
 def find_finished(results_dir: str, experiment: str, run_name: str) -> pathlib.Path:
     """results_dir/experiment/run_name, which must be a finished run:
-    metrics.json readable, with a finished status. Raises UserError."""
+    metrics.json readable, with a finished status.
+
+    Args:
+        results_dir: the results folder (--results_dir).
+        experiment: the experiment's name (its folder under `results_dir`).
+        run_name: the run folder's name (--run_name); it must be a plain
+            folder name (files.check_name).
+
+    Returns:
+        The run folder, a pathlib.Path.
+
+    Raises:
+        UserError: `run_name` is not a plain folder name, there is no such
+            folder, or the run is not finished (see finished()).
+    """
     files.check_name("run_name", run_name)
     path = pathlib.Path(results_dir) / experiment / run_name
     if not path.is_dir():
@@ -75,7 +123,21 @@ def find_finished(results_dir: str, experiment: str, run_name: str) -> pathlib.P
 
 
 def finished(path: pathlib.Path) -> pathlib.Path:
-    """`path` if it holds a finished run, else UserError saying why not."""
+    """`path` if it holds a finished run, else UserError saying why not.
+
+    A finished run has a readable metrics.json whose status is one of
+    FINISHED ("completed", "stopped_early").
+
+    Args:
+        path: the run folder, a pathlib.Path.
+
+    Returns:
+        `path`.
+
+    Raises:
+        UserError: there is no metrics.json, it is damaged, or its status is
+            not a finished one (a failed run's failure is named).
+    """
     metrics_path = path / files.METRICS_FILE
     if not metrics_path.exists():
         raise UserError(f"run {path} is not finished (no metrics.json); resume it "
@@ -89,7 +151,18 @@ def finished(path: pathlib.Path) -> pathlib.Path:
 
 
 def read_metrics(path: pathlib.Path) -> dict:
-    """A run's metrics.json; UserError if it is damaged."""
+    """A run's metrics.json; UserError if it is damaged.
+
+    Args:
+        path: the run folder.
+
+    Returns:
+        The metrics.json object, a dict.
+
+    Raises:
+        UserError: metrics.json cannot be read, is not valid JSON or is not
+            a JSON object.
+    """
     try:
         metrics = files.read_json(pathlib.Path(path) / files.METRICS_FILE)
     except (OSError, ValueError) as e:
@@ -102,7 +175,18 @@ def read_metrics(path: pathlib.Path) -> dict:
 
 
 def read_config(path: pathlib.Path) -> dict:
-    """A run's config.json; UserError if it is missing or damaged."""
+    """A run's config.json; UserError if it is missing or damaged.
+
+    Args:
+        path: the run folder.
+
+    Returns:
+        The config.json object, a dict whose "hparams" is a dict.
+
+    Raises:
+        UserError: config.json cannot be read, is not valid JSON, is not a
+            JSON object or has no "hparams" object.
+    """
     config_path = pathlib.Path(path) / files.CONFIG_FILE
     try:
         config = files.read_json(config_path)
@@ -114,7 +198,23 @@ def read_config(path: pathlib.Path) -> dict:
 
 
 def declared_models(path: pathlib.Path) -> list[dict]:
-    """The models a finished run declares (older runs: model/model.keras)."""
+    """The models a finished run declares (older runs: model/model.keras).
+
+    A run whose metrics.json has no (or an empty) "models" list declares one
+    keras model, "model", at metrics.json's "model_path" or else
+    model/model.keras. Whether the run is finished is not checked here.
+
+    Args:
+        path: the run folder, a pathlib.Path.
+
+    Returns:
+        The "models" entries, as the module docstring describes them.
+
+    Raises:
+        UserError: metrics.json is damaged (see read_metrics()), or an
+            entry's format is not one of FORMATS or its path does not exist
+            in the run folder.
+    """
     metrics = read_metrics(path)
     entries = metrics.get("models")
     if not entries:
@@ -131,7 +231,23 @@ def load_keras_model(path: pathlib.Path, name: Optional[str] = None,
                      compile: bool = True) -> tf_keras.Model:
     """The run's Keras model called `name` (default: its first keras/h5
     model); UserError if it cannot be loaded. compile=False: for inference
-    (no optimizer; predict_on_batch works whatever steps_per_execution)."""
+    (no optimizer; predict_on_batch works whatever steps_per_execution).
+
+    Args:
+        path: the run folder, a pathlib.Path.
+        name: the declared model's name, or None for the first model of
+            format keras or h5.
+        compile: whether to restore the model's compiled state (optimizer,
+            loss, metrics).
+
+    Returns:
+        The loaded tf_keras.Model.
+
+    Raises:
+        UserError: the run declares no such Keras model, its declarations
+            are damaged (see declared_models()), or the file cannot be
+            loaded (see load_entry()).
+    """
     entries = [e for e in declared_models(path) if e["format"] in ("keras", "h5")
                and (name is None or e["name"] == name)]
     if not entries:
@@ -140,6 +256,24 @@ def load_keras_model(path: pathlib.Path, name: Optional[str] = None,
 
 
 def load_entry(path: pathlib.Path, entry: dict, compile: bool = True) -> tf_keras.Model:
+    """Loads the Keras model of one declared entry, within its load_scope.
+
+    Args:
+        path: the run folder.
+        entry: a "models" entry of format keras or h5 (declared_models()):
+            its "path" is relative to `path`; its "load_scope", if any, is
+            imported and entered around loading.
+        compile: whether to restore the model's compiled state; False for
+            inference.
+
+    Returns:
+        The loaded tf_keras.Model.
+
+    Raises:
+        UserError: loading failed in any way (a damaged file, or a
+            load_scope that cannot be imported or entered); the message
+            names the file and the error's first line.
+    """
     model_path = pathlib.Path(path) / entry["path"]
     try:
         with _scope(entry):

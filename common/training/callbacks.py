@@ -34,11 +34,23 @@ LOG_FILE = "last_epoch.json"
 
 
 class EpochRecorder(tf_keras.callbacks.Callback):
-    """Validates at the end of each epoch with an exact evaluator (every
-    validation example scored once, whatever the replicas and remainder) and
-    adds to the logs: val_loss, val_accuracy, `train_seconds` (training
-    steps only), `wall_seconds` (the whole epoch) and `images_per_second`
-    (training images of the steps that really ran, over train_seconds)."""
+    """Validates at the end of each epoch and adds the figures and timings to its logs.
+
+    Validation uses an exact evaluator (every validation example scored
+    once, whatever the replicas and remainder). The logs gain val_loss and
+    val_accuracy (unless there is no validator, or training was already
+    stopped, e.g. by DivergenceGuard), `train_seconds` (training steps
+    only), `wall_seconds` (the whole epoch, validation included) and
+    `images_per_second` (training images of the steps that really ran, by
+    the optimizer's step counter, over train_seconds; absent when no step
+    ran).
+
+    Args:
+        global_batch: training examples per step, over all replicas and
+            workers.
+        validate: called with no arguments, returns {"loss", "accuracy"}
+            (an Evaluator over the validation batches); None: no validation.
+    """
 
     def __init__(self, global_batch: int, validate: Optional[Callable[[], dict]]):
         super().__init__()
@@ -71,8 +83,15 @@ class EpochRecorder(tf_keras.callbacks.Callback):
 
 
 class DivergenceGuard(tf_keras.callbacks.Callback):
-    """TerminateOnNaN that remembers where: a non-finite training loss stops
-    training and sets `diverged` to a sentence naming the epoch and batch."""
+    """TerminateOnNaN that remembers where the loss stopped being finite.
+
+    A non-finite training loss stops training and sets `diverged` to a
+    sentence naming the epoch and batch (1-based; a range of batches where
+    steps_per_execution ran several between two checks).
+
+    Attributes:
+        diverged: that sentence, or None while the loss is finite.
+    """
 
     def __init__(self):
         super().__init__()
@@ -97,11 +116,22 @@ class DivergenceGuard(tf_keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
-    """EarlyStopping on val_loss, restoring the best weights, whose state
-    (patience used, best value and epoch, best weights) is written at each
-    epoch's end into `state_dir`, before the backup of that epoch; a resumed
-    stage continues from the state of the epoch its backup holds, so it stops
-    at the same epoch and keeps the same weights as an uninterrupted one."""
+    """EarlyStopping on val_loss, restoring the best weights, whose state survives a kill.
+
+    Its state (patience used, best value and epoch, best weights) is written
+    at each epoch's end into `state_dir` (early_stopping_<epoch>.json and
+    early_stopping_best_<epoch>.npz), before the backup of that epoch; a
+    resumed stage continues from the state of the epoch its backup holds,
+    so it stops at the same epoch and keeps the same weights as an
+    uninterrupted one. Only the files a resume from this epoch or the one
+    before may need are kept.
+
+    Args:
+        patience: epochs without a better val_loss before the stage stops
+            (config["early_stopping_patience"]).
+        state_dir: the folder the state is written to (the stage's backup
+            folder).
+    """
 
     def __init__(self, patience: int, state_dir: pathlib.Path):
         super().__init__(monitor="val_loss", patience=patience, restore_best_weights=True)
@@ -155,9 +185,16 @@ class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
 
 
 class EpochLogKeeper(tf_keras.callbacks.Callback):
-    """Writes the epoch's logs beside the backup, before it: on a resume,
-    HistoryWriter takes from it the epoch whose backup was written but whose
-    history row was not."""
+    """Writes the epoch's logs beside the backup, before it.
+
+    On a resume, HistoryWriter takes from it the epoch whose backup was
+    written but whose history row was not. The file, last_epoch.json
+    (LOG_FILE), holds {"epoch": 0-based, "logs": JSON-safe floats, None for
+    non-finite ones}.
+
+    Args:
+        backup_dir: the stage's backup folder.
+    """
 
     def __init__(self, backup_dir: pathlib.Path):
         super().__init__()
@@ -180,11 +217,22 @@ class FlushingTensorBoard(tf_keras.callbacks.TensorBoard):
 
 
 class HistoryWriter(tf_keras.callbacks.Callback):
-    """history.csv: one row per epoch, the file rewritten atomically each
-    epoch (a kill never leaves a torn line). At the first epoch of a fit it
-    puts the file in step with the backup Keras resumed from: rows from that
+    """Writes history.csv: one row per epoch, the file rewritten atomically each epoch.
+
+    A kill never leaves a torn line. At the first epoch of a fit it puts
+    the file in step with the backup Keras resumed from: rows from that
     epoch on are dropped (they will be redone), and the epoch before it, if
-    missing, is written from EpochLogKeeper's file (to TensorBoard too)."""
+    missing and inside the stage, is written from EpochLogKeeper's file (to
+    TensorBoard too).
+
+    Args:
+        run_dir: the folder history.csv and logs/ are in (the folder this
+            process writes to).
+        backup_dir: the stage's backup folder (EpochLogKeeper's file).
+        stage_first_epoch: the stage's first epoch, 0-based, counted across
+            stages.
+        stage_name: the stage's name, for the log.
+    """
 
     def __init__(self, run_dir: pathlib.Path, backup_dir: pathlib.Path, stage_first_epoch: int,
                  stage_name: str):
@@ -225,8 +273,17 @@ class HistoryWriter(tf_keras.callbacks.Callback):
 
 
 def write_epoch_scalars(logs_dir: pathlib.Path, row: dict) -> None:
-    """One epoch's figures into logs/train and logs/validation, tagged as
-    Keras' TensorBoard callback tags them (epoch_loss, ...)."""
+    """Writes one epoch's figures into logs/train and logs/validation.
+
+    Tagged as Keras' TensorBoard callback tags them (epoch_loss, ...): the
+    val_ prefix is dropped in validation/; None values are skipped.
+
+    Args:
+        logs_dir: the logs/ folder of the folder this process writes to.
+        row: a history row: {"epoch": 0-based epoch (the scalars' step),
+            name: float or None, ...}; names starting with val_ go to
+            validation/, the others to train/.
+    """
     for folder, keys in (("train", [k for k in row if k != "epoch" and not k.startswith("val_")]),
                          ("validation", [k for k in row if k.startswith("val_")])):
         writer = tf.summary.create_file_writer(str(logs_dir / folder))
@@ -255,8 +312,28 @@ def stage_callbacks(*, write_dir: pathlib.Path, backup_dir: pathlib.Path,
                     validate: Optional[Callable[[], dict]], stage_first_epoch: int,
                     stage_name: str, guard: DivergenceGuard,
                     extra: list) -> tuple[list, Optional[ResumableEarlyStopping]]:
-    """The callbacks of one stage, in the order of the module docstring;
-    returns them and the early-stopping callback (None when off)."""
+    """The callbacks of one stage, in the order of the module docstring.
+
+    Args:
+        write_dir: the folder this process writes to (history.csv, logs/).
+        backup_dir: the stage's backup folder (early stopping's state, the
+            last epoch's logs).
+        keras_backup_dir: BackupAndRestore's folder (the chief's, on every
+            worker).
+        config: the run's hyperparameters (early_stopping_patience; 0: off).
+        global_batch: training examples per step, over all replicas and
+            workers.
+        validate: EpochRecorder's validator, or None.
+        stage_first_epoch: the stage's first epoch, 0-based, counted across
+            stages.
+        stage_name: the stage's name.
+        guard: the stage's DivergenceGuard.
+        extra: the stage's own callbacks, which come first.
+
+    Returns:
+        (the callbacks, the ResumableEarlyStopping among them or None when
+        early stopping is off).
+    """
     early = None
     if config["early_stopping_patience"] > 0:
         early = ResumableEarlyStopping(config["early_stopping_patience"], backup_dir)
@@ -272,8 +349,21 @@ def stage_callbacks(*, write_dir: pathlib.Path, backup_dir: pathlib.Path,
 
 
 def check_backup(keras_dir: pathlib.Path, run_dir: pathlib.Path) -> None:
-    """Raises UserError naming the folder when a stage's BackupAndRestore
-    checkpoint cannot be read (truncated, corrupt), with the way to start over."""
+    """Checks that a stage's BackupAndRestore checkpoint, if any, can be read.
+
+    Every tensor of the latest checkpoint in `keras_dir`/chief is read. No
+    chief/ folder, or one without a "checkpoint" state file (a first save
+    cut short), is no backup: the stage starts afresh.
+
+    Args:
+        keras_dir: BackupAndRestore's folder of the stage.
+        run_dir: the run folder (its name goes into the message).
+
+    Raises:
+        UserError: the checkpoint is damaged (truncated, corrupt, or named
+            by no readable "checkpoint" file); the message names the folder
+            and the way to start over (--restart or another --run_name).
+    """
     # tf_keras' BackupAndRestore reads its checkpoint from <dir>/chief, with
     # one worker or several (other workers' temporary copies sit beside it).
     keras_dir = pathlib.Path(keras_dir) / "chief"

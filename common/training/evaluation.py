@@ -18,8 +18,17 @@ import tf_keras
 
 
 class Evaluator:
-    """Loss and accuracy of a classifier (logits out) over eval_dataset()
-    batches, under the strategy the model was built in."""
+    """Loss and accuracy of a classifier (logits out) over eval_dataset() batches.
+
+    Runs under the strategy the model was built in: each replica sums its
+    examples' weighted cross-entropy, correct predictions and weights, and
+    the sums are added up across replicas and workers. The loop for a
+    dataset is traced once (tf.function) and kept with the dataset.
+
+    Args:
+        model: the classifier; its outputs are logits [B, classes].
+        strategy: the strategy `model` was built under.
+    """
 
     def __init__(self, model: tf_keras.Model, strategy: tf.distribute.Strategy):
         self.model = model
@@ -55,7 +64,17 @@ class Evaluator:
         return self._loops[key][0]
 
     def __call__(self, dataset: tf.data.Dataset) -> dict:
-        """{"loss": mean cross-entropy, "accuracy": top-1, "examples": count}."""
+        """Scores the model over every real example of `dataset`.
+
+        Args:
+            dataset: eval_dataset() batches: (images float32 [B, H, W, C],
+                labels int [B], weights float32 [B]), padding of weight 0.
+
+        Returns:
+            {"loss": mean cross-entropy (float), "accuracy": top-1 (float),
+            "examples": the count of real examples, the sum of the weights
+            (int)}; loss and accuracy are NaN when there are none.
+        """
         loss, correct, count = (float(v) for v in self._loop(dataset)().numpy())
         count = int(round(count))
         if count == 0:
@@ -65,8 +84,21 @@ class Evaluator:
 
 def scores_from_probabilities(probabilities: np.ndarray, labels: np.ndarray,
                               from_logits: bool = False) -> dict:
-    """Loss (cross-entropy) and accuracy of [N, classes] outputs against
-    int labels [N], computed in float64."""
+    """Loss (cross-entropy) and accuracy of [N, classes] outputs against labels.
+
+    Computed in float64 with NumPy. Probabilities are clipped to
+    [1e-12, 1] before the log; logits go through a log-softmax.
+
+    Args:
+        probabilities: model outputs, [N, classes]: probabilities, or
+            logits with `from_logits`.
+        labels: int class indices, [N].
+        from_logits: whether `probabilities` are logits.
+
+    Returns:
+        {"loss": mean cross-entropy (float), "accuracy": top-1 (float),
+        "examples": N}; loss and accuracy are NaN when N is 0.
+    """
     outputs = np.asarray(probabilities, np.float64)
     if from_logits:
         outputs = outputs - outputs.max(axis=1, keepdims=True)

@@ -20,8 +20,16 @@ from common.errors import UserError
 
 
 def cpu_has_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX on
-    x86, BF16 on Arm), read from the kernel's CPU flags."""
+    """Whether this CPU computes bfloat16 natively, by the kernel's CPU flags.
+
+    Read from /proc/cpuinfo: AVX512-BF16 or AMX (avx512_bf16, amx_bf16) on
+    x86, BF16 (bf16) on Arm.
+
+    Returns:
+        Whether a flags or Features line names one of them; without
+        /proc/cpuinfo, whether the machine is arm64 (Apple silicon has
+        BF16).
+    """
     try:
         text = pathlib.Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -34,8 +42,17 @@ def cpu_has_bfloat16() -> bool:
 
 
 def check_hardware(config: dict) -> None:
-    """One-line errors for a precision this machine would only run slower
-    (values themselves are checked with the other hyperparameters)."""
+    """Refuses a precision this machine would only run slower.
+
+    The values themselves are checked with the other hyperparameters.
+
+    Args:
+        config: the run's hyperparameters (mixed_precision).
+
+    Raises:
+        UserError: mixed_bfloat16 without a GPU or TPU on a CPU without
+            bfloat16 (cpu_has_bfloat16), or mixed_float16 without a GPU.
+    """
     policy = config["mixed_precision"]
     accelerators = (tf.config.list_physical_devices("GPU")
                     or tf.config.list_logical_devices("TPU"))
@@ -51,9 +68,19 @@ def check_hardware(config: dict) -> None:
 
 @contextlib.contextmanager
 def precision(config: dict):
-    """Sets the Keras mixed-precision policy for building and training, and
-    restores float32 afterwards. Under mixed_float16, tf_keras' compile wraps
-    the optimizer in a LossScaleOptimizer by itself."""
+    """Sets the Keras mixed-precision policy for building and training.
+
+    The global policy set before is restored afterwards. Under
+    mixed_float16, tf_keras' compile wraps the optimizer in a
+    LossScaleOptimizer by itself.
+
+    Args:
+        config: the run's hyperparameters (mixed_precision, one of
+            common.config.choices.PRECISIONS).
+
+    Yields:
+        Nothing; the policy holds inside the with block.
+    """
     policy = config["mixed_precision"]
     previous = tf_keras.mixed_precision.global_policy().name
     tf_keras.mixed_precision.set_global_policy(policy)
@@ -77,10 +104,21 @@ def _policies(model: tf_keras.Model) -> set[str]:
 
 
 def as_float32(model: tf_keras.Model) -> tf_keras.Model:
-    """`model` itself when every layer computes in float32; else a copy whose
-    layers (nested models' too) are float32, with the same weights. Compression
-    (pruning, quantization-aware training) only runs in float32, so a model
-    trained under mixed_bfloat16 or mixed_float16 is converted on entry."""
+    """`model` in float32: itself if every layer is, else a float32 copy.
+
+    The copy (tf_keras.models.clone_model) rebuilds each layer from its
+    config with dtype "float32", nested models' too, and takes the model's
+    weights. Compression (pruning, quantization-aware training) only runs
+    in float32, so a model trained under mixed_bfloat16 or mixed_float16 is
+    converted on entry.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        `model` itself when every layer's dtype policy is float32; else the
+        copy, with the same weights.
+    """
     if _policies(model) <= {"float32"}:
         return model
 

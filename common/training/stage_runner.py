@@ -32,22 +32,39 @@ class Outcome:
 
     Attributes:
         model: the final model (None when the run diverged).
-        records: one StageRecord per stage, finished or not.
+        records: one StageRecord per stage finished or run (none for the
+            stages after one that diverged).
         diverged: why the run diverged (stage, epoch, batch), else None.
-        strategy: the strategy the final model was built under.
+        strategy: the strategy the final model was built under (None when
+            the run diverged).
     """
     model: Optional[tf_keras.Model]
     records: list[StageRecord]
     diverged: Optional[str] = None
-    strategy: Optional[tf.distribute.Strategy] = None  # the final model's
+    strategy: Optional[tf.distribute.Strategy] = None
 
 
 class StageRunner:
     """Runs `stages` for one run (see the module docstring).
 
-    `fit(model, stage, context, callbacks)` is the caller's: it trains the
-    compiled model over the stage's epochs with the given callbacks (the
-    run's data, validation and verbosity live there).
+    `fit` is the caller's: it trains the compiled model over the stage's
+    epochs with the given callbacks (the run's data, validation and
+    verbosity live there).
+
+    Args:
+        stages: the run's stages, in order (stages.check_stages has passed).
+        config: the run's hyperparameters.
+        strategy: the run's strategy.
+        steps_per_epoch: training steps in one epoch.
+        global_batch: training examples per step, over all replicas and
+            workers.
+        fit: called as fit(model, context, callbacks), with the stage's
+            StageContext.
+        validator: called as validator(model, strategy); returns a
+            function of no arguments that returns {"loss", "accuracy"} on
+            the validation split.
+        start_epoch: the epoch the first stage starts at, 0-based (a
+            continued Hyperband trial's predecessor's epochs).
     """
 
     def __init__(self, *, stages: list[Stage], config: dict, strategy: tf.distribute.Strategy,
@@ -67,23 +84,61 @@ class StageRunner:
         self.start_epoch = start_epoch
 
     def attach(self, run_dir: pathlib.Path, write_dir: pathlib.Path) -> None:
-        """The run folder, and the folder this process writes to (the run
-        folder, or workertemp_<i>/ on a cluster's other workers)."""
+        """Gives the runner its folders, once the run folder is claimed.
+
+        Args:
+            run_dir: the run folder.
+            write_dir: the folder this process writes to (the run folder,
+                or workertemp_<i>/ on a cluster's other workers).
+        """
         self.run_dir, self.write_dir = pathlib.Path(run_dir), pathlib.Path(write_dir)
 
     # -- layout ------------------------------------------------------------
     def stage_dir(self, stage: Stage) -> pathlib.Path:
+        """Where a finished stage's result is kept.
+
+        Args:
+            stage: one of the run's stages.
+
+        Returns:
+            <write_dir>/stages/<stage name>.
+        """
         return self.write_dir / "stages" / stage.name
 
     def backup_dir(self, stage: Stage) -> pathlib.Path:
+        """Where what resuming a stage needs is written while it trains.
+
+        Args:
+            stage: one of the run's stages.
+
+        Returns:
+            <write_dir>/backup/<stage name>.
+        """
         return self.write_dir / "backup" / stage.name
 
     def keras_backup_dir(self, stage: Stage) -> pathlib.Path:
+        """BackupAndRestore's folder for a stage, the same on every worker.
+
+        Args:
+            stage: one of the run's stages.
+
+        Returns:
+            <run_dir>/backup/<stage name>/keras.
+        """
         # tf_keras' BackupAndRestore wants the chief's path on every worker
         # (the others write a temporary copy beside it and delete it).
         return self.run_dir / "backup" / stage.name / "keras"
 
     def done(self, stage: Stage) -> Optional[dict]:
+        """A finished stage's record, read from its done.json.
+
+        Args:
+            stage: one of the run's stages.
+
+        Returns:
+            The StageRecord as a dict; None where done.json is missing or
+            cannot be read.
+        """
         path = self.stage_dir(stage) / "done.json"
         if not path.exists():
             return None
@@ -93,6 +148,18 @@ class StageRunner:
             return None
 
     def context(self, index: int, strategy=None) -> StageContext:
+        """What stage `index`'s hooks see.
+
+        Its first epoch is start_epoch plus the epochs of the stages before
+        it; before attach(), its log_dir is the relative path "logs".
+
+        Args:
+            index: the stage's index in `stages`.
+            strategy: the strategy it runs under (default: the run's).
+
+        Returns:
+            The stage's StageContext.
+        """
         stage = self.stages[index]
         first = self.start_epoch + sum(s.epochs for s in self.stages[:index])
         return StageContext(stage=stage.name, config=self.config,
@@ -122,9 +189,23 @@ class StageRunner:
 
     def restore(self, index: int, initial: Callable[[], tf_keras.Model],
                 strategy: Optional[tf.distribute.Strategy] = None) -> tf_keras.Model:
-        """A fresh copy of stage `index`'s result (index -1: the initial
-        model), read from disk, so no later stage can change it; built under
-        `strategy` (default: the one the stage ran under)."""
+        """A fresh copy of stage `index`'s result, read from disk.
+
+        Read from disk so that no later stage can change it. A stage kept
+        as "weights" is rebuilt by restoring the stage before, applying this
+        stage's transforms (float32, on_start, on_end) and loading its
+        weights; "model" and "h5" are loaded within the stage's load_scope.
+
+        Args:
+            index: the stage's index in `stages`; -1: the initial model.
+            initial: builds the initial model (called under `strategy`'s
+                scope).
+            strategy: the strategy to build under (default: the one the
+                stage ran under, by its done.json; the run's for -1).
+
+        Returns:
+            The model.
+        """
         if index < 0:
             with (strategy or self.strategy).scope():
                 return initial()
@@ -172,7 +253,12 @@ class StageRunner:
         is still writing its last epoch's copy must not lose it to a faster
         chief, so only the chief's own "chief" folder goes here, and the rest
         of backup/ when the run finishes (after the final evaluation, which
-        every worker joins)."""
+        every worker joins).
+
+        Args:
+            stage: the finished stage (or one restarted under the default
+                strategy).
+        """
         folder, keras_dir = self.backup_dir(stage), self.keras_backup_dir(stage)
         if keras_dir.parent == folder and folder.exists():
             for child in folder.iterdir():
@@ -187,7 +273,24 @@ class StageRunner:
 
     # -- running -----------------------------------------------------------
     def run(self, initial: Callable[[], tf_keras.Model]) -> Outcome:
-        """Trains the stages not yet done; returns the outcome."""
+        """Trains the stages not yet done; returns the outcome.
+
+        Stages finished (done.json) in an unbroken prefix are not trained
+        again: the first stage not done starts from a fresh copy of the
+        previous one's result and continues from its backup, if any. A stage
+        that fails under the run's strategy with one of FALLBACK_ERRORS and
+        declares fallback_to_default_strategy is trained again from the
+        start under the default strategy (never the first stage).
+
+        Args:
+            initial: builds the initial model; called under the strategy's
+                scope.
+
+        Returns:
+            The Outcome: the final model and its strategy, and a
+            StageRecord per stage finished or run; when a stage diverged,
+            which stops the run, no model and why.
+        """
         records: list[StageRecord] = []
         model, model_strategy = None, self.strategy
         finished = [self.done(s) is not None for s in self.stages]
@@ -284,8 +387,18 @@ class StageRunner:
 
 def stage_models(runner: StageRunner, outcome: Outcome,
                  initial: Callable[[], tf_keras.Model]) -> dict[str, Any]:
-    """Stage name -> a loader of that stage's final model: the last stage's is
-    the outcome's model; earlier ones are read from disk, fresh."""
+    """Stage name -> a loader of that stage's final model.
+
+    Args:
+        runner: the runner that ran the stages.
+        outcome: what runner.run() returned.
+        initial: builds the initial model (for StageRunner.restore).
+
+    Returns:
+        {stage name: a function of no arguments returning a model}: the
+        last stage's returns the outcome's model itself; earlier ones read
+        a fresh copy from disk (StageRunner.restore) at every call.
+    """
     loaders: dict[str, Callable[[], tf_keras.Model]] = {}
     for index, stage in enumerate(runner.stages):
         if index == len(runner.stages) - 1:

@@ -34,7 +34,20 @@ from common.errors import UserError
 KEEP_FORMS = ("weights", "model", "h5")
 @dataclasses.dataclass
 class StageContext:
-    """What a stage's hooks see."""
+    """What a stage's hooks see.
+
+    Attributes:
+        stage: the stage's name.
+        config: the run's hyperparameters.
+        strategy: the strategy the stage runs under (the default one where
+            it fell back to it).
+        steps_per_epoch: training steps in one epoch.
+        epochs: the stage's epochs.
+        first_epoch: the stage's first epoch, 0-based, counted across the
+            run's stages (and from a continued Hyperband trial's start).
+        log_dir: the TensorBoard folder, logs/ of the folder this process
+            writes to (the relative path "logs" before the run folder exists).
+    """
     stage: str
     config: dict
     strategy: tf.distribute.Strategy
@@ -56,20 +69,36 @@ ModelHook = Callable[[tf_keras.Model, StageContext], tf_keras.Model]
 class Stage:
     """One stretch of training.
 
-    on_start(model, context) -> model: applied before the stage compiles
-        (it may return a new model: prune_low_magnitude, quantize_apply);
-    on_end(model, context) -> model: applied after it trained (strip_pruning);
-    callbacks(context) -> list: extra Keras callbacks for this stage;
-    speed_levers: whether config's steps_per_execution and jit_compile apply;
-    keep: how the finished stage is kept for resuming: "weights" (restored by
-        replaying on_start/on_end on the stage before and loading them),
-        "model" (a whole .keras file) or "h5" (a whole HDF5 file, for models
-        .keras cannot reload, such as TFMOT's QAT models), loaded within
-        load_scope() (the custom objects loading needs);
-    fallback_to_default_strategy: where on_start, compile or fit fails under
-        the run's strategy, the stage runs under the default one instead;
-    float32: the stage runs in float32 whatever config's mixed_precision;
-    check(context): raises UserError before any run folder exists.
+    Attributes:
+        name: the stage's name, an identifier unique among the run's stages
+            (check_stages); it names the stage's folders.
+        epochs: epochs the stage trains (0 or more; with 0, only on_start
+            and on_end apply).
+        learning_rate: the stage's learning rate (the initial one under a
+            cosine schedule, which spans the stage's steps).
+        on_start: on_start(model, context) -> model, applied before the
+            stage compiles (it may return a new model: prune_low_magnitude,
+            quantize_apply).
+        on_end: on_end(model, context) -> model, applied after it trained
+            (strip_pruning).
+        callbacks: callbacks(context) -> list, extra Keras callbacks for
+            this stage.
+        speed_levers: whether config's steps_per_execution and jit_compile
+            apply.
+        keep: how the finished stage is kept for resuming: "weights"
+            (restored by replaying on_start/on_end on the stage before and
+            loading them), "model" (a whole .keras file) or "h5" (a whole
+            HDF5 file, for models .keras cannot reload, such as TFMOT's QAT
+            models); one of KEEP_FORMS.
+        load_scope: load_scope() -> a context manager within which a "model"
+            or "h5" stage is loaded (the custom objects loading needs).
+        fallback_to_default_strategy: where on_start, compile, fit or on_end
+            fails under the run's strategy (one of stage_runner.FALLBACK_ERRORS),
+            the stage runs under the default one instead, from the start
+            (never the first stage).
+        float32: the stage runs in float32 whatever config's mixed_precision.
+        check: check(context), which raises UserError before any run folder
+            exists.
     """
     name: str
     epochs: int
@@ -86,7 +115,16 @@ class Stage:
 
 
 def check_stages(stages: list[Stage]) -> None:
-    """Raises UserError for a list of stages that cannot run."""
+    """Checks that a list of stages can run.
+
+    Args:
+        stages: the experiment's stages, in order.
+
+    Raises:
+        UserError: no stages; a name that is not an identifier, or two
+            stages of one name; negative epochs; a keep not in KEEP_FORMS
+            (the message lists them); no stage with epochs.
+    """
     if not stages:
         raise UserError("the experiment declares no stages")
     names = [s.name for s in stages]
@@ -106,30 +144,64 @@ def check_stages(stages: list[Stage]) -> None:
 
 @dataclasses.dataclass
 class StageRecord:
-    """What one stage did: for metrics.json and for resuming."""
+    """What one stage did: for metrics.json and for resuming.
+
+    Epochs are 0-based and counted across the run's stages.
+
+    Attributes:
+        name: the stage's name.
+        first_epoch: the stage's first epoch.
+        planned_last_epoch: the last epoch it would train,
+            first_epoch + epochs - 1.
+        last_epoch: the last epoch really trained, by history.csv (None:
+            none).
+        learning_rate: the stage's learning rate.
+        strategy: the name of the strategy it ran under
+            (strategy.strategy_name: "DefaultStrategy" where it fell back).
+        stopped_early: whether early stopping ended it.
+        best_epoch: early stopping's best epoch, whose weights it kept
+            (None without early stopping or best weights).
+    """
     name: str
     first_epoch: int
     planned_last_epoch: int
-    last_epoch: Optional[int]   # the last epoch really trained (None: none)
+    last_epoch: Optional[int]
     learning_rate: float
     strategy: str
     stopped_early: bool = False
     best_epoch: Optional[int] = None
 
     def as_dict(self) -> dict:
+        """The record as a dict, as done.json and metrics.json hold it.
+
+        Returns:
+            {field name: value} for every field (dataclasses.asdict).
+        """
         return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
 class FinishContext:
-    """What an experiment's finish(context) hook sees, after the last stage
-    and the test evaluation: the final model, a loader of each stage's final
-    model (fresh copies from disk, but the last stage's), the test split
-    (unbatched uint8 images, int64 labels, and as evaluation batches) and
-    the folder the process writes to. finish() returns a dict that joins
-    metrics.json; its "test" ({"accuracy", "loss", "examples"}) replaces the
-    headline test figures, and its "models" (runs.saved.declare entries)
-    join the run's declared models."""
+    """What an experiment's finish(context) hook sees.
+
+    finish(context) runs after the last stage and the test evaluation. It
+    returns a dict that joins metrics.json; its "test" ({"accuracy",
+    "loss", "examples"}) replaces the headline test figures, and its
+    "models" (runs.saved.declare entries) join the run's declared models.
+
+    Attributes:
+        config: the run's hyperparameters.
+        strategy: the strategy the final model was built under.
+        write_dir: the folder the process writes to.
+        test_split: the test split, unbatched (image uint8 [H, W, C],
+            label int64 []).
+        test_dataset: the test split as evaluation batches
+            (data.pipeline.eval_dataset).
+        model: the final model.
+        stage_models: {stage name: a loader of that stage's final model}
+            (stage_runner.stage_models): fresh copies from disk, but the
+            last stage's, which is `model`.
+    """
     config: dict
     strategy: tf.distribute.Strategy
     write_dir: pathlib.Path
