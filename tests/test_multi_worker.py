@@ -145,3 +145,13 @@ def test_local_cluster_without_launch_flags_is_one_line():
     result = subprocess.run([sys.executable, "-m", "common.distribute.local_cluster", "--workers=2"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "pass launch.py's flags after --" in result.stderr
+
+
+@pytest.mark.parametrize("given", [["--strategy=mirrored"], ["--strategy", "mirrored"], []])
+def test_every_worker_gets_multi_worker_mirrored_whatever_strategy_was_given(given):
+    from common.distribute.local_cluster import worker_args
+    args, run_name = worker_args(["--experiment=mnist_lenet", *given, "--epochs=1"])
+    assert args[:2] == ["--experiment=mnist_lenet", "--epochs=1"]
+    assert args[2] == "--strategy=multi_worker_mirrored"
+    assert args[3] == f"--run_name={run_name}" and run_name.startswith("cluster-")
+    assert len(args) == 4  # no stray strategy name left behind

@@ -84,9 +84,10 @@ def _value(args: list[str], name: str):
 def worker_args(launch_args: list[str]) -> tuple[list[str], str]:
     """The launch.py arguments every worker gets, and the run name they share.
 
-    Drops every argument that starts with --strategy and adds
-    --strategy=multi_worker_mirrored; adds --run_name=cluster-<date>-<time>
-    (local time) where none is given and the mode is not tune.
+    Drops the given --strategy (as --strategy=NAME or --strategy NAME) and
+    adds --strategy=multi_worker_mirrored; adds
+    --run_name=cluster-<date>-<time> (local time) where none is given and the
+    mode is not tune.
 
     Args:
         launch_args: the launch.py flags given after --.
@@ -95,7 +96,14 @@ def worker_args(launch_args: list[str]) -> tuple[list[str], str]:
         (the workers' arguments, the run name: given or picked; None with
         --mode=tune and no --run_name).
     """
-    args = [a for a in launch_args if not a.startswith("--strategy")]
+    args, skip = [], False
+    for arg in launch_args:
+        if skip:
+            skip = False
+        elif arg == "--strategy":  # its value is the next argument
+            skip = True
+        elif not arg.startswith("--strategy="):
+            args.append(arg)
     args.append("--strategy=multi_worker_mirrored")
     run_name = _value(args, "run_name")
     if run_name is None and _value(args, "mode") != "tune":

@@ -253,6 +253,9 @@ class RunFolder:
         except OSError as e:
             lock.release()
             raise files.os_error(e, "write to the run folder") from None
+        except BaseException:
+            lock.release()
+            raise
         return folder
 
     def release(self) -> None:
