@@ -4,9 +4,9 @@ Phase 1 trains a new head on the frozen VGG16 base; phase 2 unfreezes the
 base from `unfreeze_from` (default: block 5) and fine-tunes at a low rate.
 
 Run (downloads CIFAR-10 through TFDS and the ImageNet weights through Keras):
-    python launch.py --experiment=cifar_vgg_transfer --strategy=mirrored
+    .venv/bin/python launch.py --experiment=cifar_vgg_transfer --strategy=mirrored
 Air-gapped (CIFAR-10's binary version and the weights file copied over):
-    python launch.py --experiment=cifar_vgg_transfer --strategy=mirrored \\
+    .venv/bin/python launch.py --experiment=cifar_vgg_transfer --strategy=mirrored \\
         --data_dir=/data/cifar10 \\
         --weights=/data/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
 (/data/cifar10 holds cifar-10-binary.tar.gz or its cifar-10-batches-bin/.)
@@ -55,12 +55,12 @@ def get_config() -> dict:
         "unfreeze_from": HParam("block5_conv1", choices=VGG16_CONV_LAYERS,
                                 help="first VGG16 layer trained in phase 2"),
         "early_stopping_patience": 0,     # 0: off
-        # Speed (bench/levers.py on 2 CPU cores, 32x32, batch 64): several
-        # steps per call gave nothing (0.97x) for a model this size, XLA was
-        # 16x slower, mixed_bfloat16 1.91x faster on this CPU (AVX512-BF16).
-        # float32 stays the default: bfloat16 is refused on CPUs without it,
-        # and its effect on this transfer's accuracy is unmeasured here.
-        # On GPUs try --mixed_precision=mixed_float16.
+        # Speed levers chosen with bench/levers.py (figures in
+        # docs/benchmarks.md): several steps per call gave nothing for a
+        # model this size and XLA was slower; float32 stays the default even
+        # where mixed_bfloat16 is faster (a CPU with AVX512-BF16), as it is
+        # refused on CPUs without bfloat16 and its effect on this transfer's
+        # accuracy is unmeasured. On GPUs try --mixed_precision=mixed_float16.
         "steps_per_execution": 1,
         "jit_compile": False,
         "mixed_precision": "float32",

@@ -1,18 +1,17 @@
 """LeNet-5 hyperparameters.
 
 Run (MNIST through TFDS, needs internet once):
-    python launch.py --experiment=mnist_lenet
+    .venv/bin/python launch.py --experiment=mnist_lenet
 Offline, on real Fashion-MNIST (Debian's dataset-fashion-mnist package):
-    python launch.py --experiment=mnist_lenet --dataset=fashion_mnist --epochs=5
+    .venv/bin/python launch.py --experiment=mnist_lenet --dataset=fashion_mnist --epochs=5
 
-Expected: Fashion-MNIST, 5 epochs: test accuracy 0.90 (0.9042 measured
-2026-11-23 on 2 CPU cores, about 5 s an epoch; 0.9016 with
---strategy=mirrored --num_cpu_devices=2).
-MNIST cannot be downloaded on the machine these figures come from; LeNet-5
-reaches about 0.99 there.
+Expected: Fashion-MNIST, 5 epochs: test accuracy 0.90 (0.9006 measured
+2026-12-01; 0.9016 with --strategy=mirrored --num_cpu_devices=2 on
+2026-11-23). MNIST cannot be downloaded on the machine these figures come
+from; LeNet-5 reaches about 0.99 there.
 
-Your own images, class folders (README, "Your own images"):
-    python launch.py --experiment=mnist_lenet --dataset=image_folder --data_dir=DIR
+Your own images, class folders (docs/data.md):
+    .venv/bin/python launch.py --experiment=mnist_lenet --dataset=image_folder --data_dir=DIR
 6,000 Fashion-MNIST training images as PNG files, 3 epochs: test accuracy
 0.816 (mean of 5 seeds, measured 2026-11-29; the same images as IDX: 0.808).
 """
@@ -33,11 +32,9 @@ def get_config() -> dict:
         "lr_schedule": "cosine",      # decays to 0 over the run; or "constant"
         "dropout": HParam(0.0, ge=0, lt=1, help="after each hidden dense layer"),
         "early_stopping_patience": 0,  # 0: off
-        # Speed (bench/levers.py, 2 CPU cores, Fashion-MNIST, batch 64):
-        # 32 steps per call into the graph gave 1.45x the images per second
-        # of 1, and bench/runner_overhead.py put 128 at 1.24x the textbook
-        # model.fit (32: 1.15x); XLA (0.56x) and mixed_bfloat16 (0.61x) were
-        # slower for LeNet.
+        # Speed levers chosen with bench/levers.py and bench/runner_overhead.py
+        # (figures in docs/benchmarks.md): many steps per call help LeNet,
+        # XLA and mixed_bfloat16 did not.
         "steps_per_execution": 128,
         "jit_compile": False,
         "mixed_precision": "float32",

@@ -11,9 +11,9 @@ Stages (one run, one TensorBoard timeline, epochs numbered across stages):
      interpreter), sparsity, raw and gzip sizes, latency side by side.
 
 Run (offline, real Fashion-MNIST from Debian's dataset-fashion-mnist):
-    python launch.py --experiment=pruning_qat --dataset=fashion_mnist
+    .venv/bin/python launch.py --experiment=pruning_qat --dataset=fashion_mnist
 Compress a model you already trained:
-    python launch.py --experiment=pruning_qat \\
+    .venv/bin/python launch.py --experiment=pruning_qat \\
         --init_from=results/mnist_lenet/<run> --dataset=fashion_mnist
 
 Expected (Fashion-MNIST, measured on 2 CPU cores, see the README's Results):
