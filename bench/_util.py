@@ -73,9 +73,9 @@ def prepared(name: str, data_dir: str, dataset: str):
     import functools
     import experiments
     from common.config import resolve
+    from common.config.options import RunOptions
     from common.data import pipeline
     from common.training import run as training_run
-    from common.config.options import RunOptions
     experiment = experiments.get(name)
     options = RunOptions(experiment=name, data_dir=data_dir, dataset=dataset,
                          weights="none" if name == "cifar_vgg_transfer" else None)

@@ -32,8 +32,8 @@ def _newest_run(results_dir: pathlib.Path):
 
 
 def _small_run(scratch: str) -> pathlib.Path:
-    from common.modes import dispatch
     from common.config.options import RunOptions
+    from common.modes import dispatch
     data_dir = _util.mnist_like_data(None, "mnist", 600)[1]
     metrics = dispatch.run(RunOptions(
         experiment="pruning_qat", data_dir=data_dir, results_dir=scratch, verbose=0,

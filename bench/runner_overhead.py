@@ -70,9 +70,9 @@ def main(argv):
     import numpy as np
     import experiments
     from common.config import hparams
+    from common.config.options import RunOptions
     from common.data import sources
     from common.modes import dispatch
-    from common.config.options import RunOptions
 
     dataset, data_dir = _util.mnist_like_data(FLAGS.data_dir, FLAGS.dataset,
                                               FLAGS.fixture_examples)

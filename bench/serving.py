@@ -68,8 +68,8 @@ TINY = {
 
 
 def _tiny_run(name: str, scratch: str) -> pathlib.Path:
-    from common.modes import dispatch
     from common.config.options import RunOptions
+    from common.modes import dispatch
     if name == "cifar_vgg_transfer":
         dataset, data_dir = "cifar10", _util.cifar_fixture(FLAGS.cifar_records_per_batch)
     else:
@@ -194,8 +194,8 @@ def _experiment_of(run: pathlib.Path) -> str:
 
 
 def main(argv):
-    from common.runs import saved
     from common.errors import UserError
+    from common.runs import saved
     try:
         runs = {}
         for folder in FLAGS.runs:

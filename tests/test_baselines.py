@@ -6,10 +6,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 import experiments
+from common.config.options import RunOptions
+from common.errors import UserError
 from common.modes import dispatch
 from common.runs import report
-from common.errors import UserError
-from common.config.options import RunOptions
 from tests.fixtures import write_cifar10_batches, write_idx_dataset
 
 

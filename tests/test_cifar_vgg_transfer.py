@@ -11,10 +11,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import tf_keras
 
-from common.data import local_files, pipeline, sources
-from common.modes import dispatch
-from common.errors import UserError
 from common.config.options import RunOptions
+from common.data import local_files, pipeline, sources
+from common.errors import UserError
+from common.modes import dispatch
 from experiments.cifar_vgg_transfer import model as vgg_model
 from tests.fixtures import kill_when, history_epochs, write_cifar10_batches
 

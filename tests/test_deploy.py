@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.config.options import RunOptions
 from common.data import images as image_io, local_files, pipeline, sources
 from common.deploy import serving, tflite as tflite_lib
+from common.errors import UserError
 from common.modes import dispatch
 from common.runs import saved
-from common.errors import UserError
-from common.config.options import RunOptions
 from tests.fixtures import (IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_cifar10_batches,
                             write_idx_dataset)
 

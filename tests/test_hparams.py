@@ -5,8 +5,8 @@ import math
 import pytest
 
 from common.config import hparams
-from common.errors import UserError
 from common.config.hparams import HParam
+from common.errors import UserError
 
 EXPERIMENT = {"learning_rate": 1e-3, "batch_size": 128, "optimizer": "adam",
               "augment": False, "dropout": HParam(0.0, ge=0, lt=1),

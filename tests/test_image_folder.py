@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from common.config import resolve
-from common.data import image_folder, local_files, sources
-from common.modes import dispatch
-from common.errors import UserError
 from common.config.options import RunOptions
+from common.data import image_folder, local_files, sources
+from common.errors import UserError
+from common.modes import dispatch
 from tests.fixtures import learnable_images
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

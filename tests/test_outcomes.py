@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tf_keras
 
+from common.config.options import RunOptions
+from common.errors import UserError
 from common.modes import dispatch
 from common.training import callbacks as callback_lib, precision
-from common.errors import UserError
-from common.config.options import RunOptions
 from experiments.pruning_qat import model as compression
 from tests.fixtures import write_idx_dataset
 

@@ -8,10 +8,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import tf_keras
 
-from common.deploy import tflite as tflite_lib
-from common.modes import dispatch
-from common.errors import UserError
 from common.config.options import RunOptions
+from common.deploy import tflite as tflite_lib
+from common.errors import UserError
+from common.modes import dispatch
 from experiments.pruning_qat import model as compression
 from tests.fixtures import write_idx_dataset
 
@@ -47,6 +47,7 @@ def test_whole_pipeline_on_mock_data(tmp_path, strategy, replicas):
     assert all(s["strategy"] == metrics["strategy"] for s in metrics["stages"])
     for row in rows.values():
         assert row["num_test_examples"] == 64
+        assert 0 < row["gzip_bytes"] < row["bytes"]
     run_dir = tmp_path / "results" / "pruning_qat" / "r"
     # Sizes are the files' own; int8 stores a byte where float stores four.
     for name, file in (("float_tflite", "baseline_float"), ("int8_tflite", "pqat_int8")):

@@ -12,11 +12,11 @@ import time
 import pytest
 
 from common.config import resolve
+from common.config.options import RunOptions
+from common.errors import UserError
 from common.modes import dispatch
 from common.runs import files
 from common.runs.lock import Lock
-from common.errors import UserError
-from common.config.options import RunOptions
 from tests.fixtures import history_epochs, kill_when, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -343,3 +343,21 @@ def test_a_finished_stage_drops_only_its_own_backup(tmp_path, monkeypatch, chief
     assert (stage_dir / "keras/workertemp_1/ckpt-20_temp/part-00000").exists()
     assert (stage_dir / "keras/chief/checkpoint").exists() != chief  # the chief's own
     assert not (own / "epoch_logs.json").exists()
+
+
+def test_a_run_folder_whose_config_cannot_be_written_is_released(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from common.runs import folder as folder_lib
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("summary writer failed")
+
+    monkeypatch.setattr(folder_lib, "write_hparams", broken)
+    options = RunOptions(experiment="mnist_lenet", results_dir=str(tmp_path), run_name="r")
+    with pytest.raises(RuntimeError, match="summary writer failed"):
+        folder_lib.RunFolder.claim("mnist_lenet", options, {"dataset": "mnist", "batch_size": 8},
+                                   tf.distribute.get_strategy(), {"dataset": "mnist"})
+    # Not left locked by this process: another claim can take the folder.
+    lock = Lock(tmp_path / "mnist_lenet" / "r", "run").acquire()
+    lock.release()

@@ -9,10 +9,10 @@ import tf_keras
 
 import experiments
 from common.config import resolve
+from common.config.options import RunOptions
+from common.errors import UserError
 from common.modes import dispatch
 from common.runs import files
-from common.errors import UserError
-from common.config.options import RunOptions
 from tests.fixtures import write_idx_dataset
 
 

@@ -24,10 +24,10 @@ import time
 
 import pytest
 
-from common.distribute import clusters, slurm as slurm_lib
-from common.errors import UserError
-from common.distribute.local_cluster import free_ports
 from common.config.options import RunOptions
+from common.distribute import clusters, slurm as slurm_lib
+from common.distribute.local_cluster import free_ports
+from common.errors import UserError
 from tests.fixtures import history_epochs, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import tf_keras
 
 import experiments
 from common.config import hparams
+from common.config.options import RunOptions
+from common.errors import UserError
 from common.modes import dispatch
 from common.training import optimizers, precision
-from common.errors import UserError
-from common.config.options import RunOptions
 from tests.fixtures import write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

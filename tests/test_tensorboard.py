@@ -11,8 +11,8 @@ import pytest
 
 
 
-from common.modes import dispatch
 from common.config.options import RunOptions
+from common.modes import dispatch
 from tests.fixtures import free_port, write_cifar10_batches, write_idx_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

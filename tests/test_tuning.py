@@ -11,9 +11,9 @@ import tensorflow_datasets as tfds
 
 import experiments
 from common.config import hparams
-from common.modes import dispatch
-from common.errors import UserError
 from common.config.options import RunOptions
+from common.errors import UserError
+from common.modes import dispatch
 from experiments.mnist_lenet.config import get_config
 from tests.fixtures import kill_when, write_idx_dataset
 
@@ -62,16 +62,23 @@ def _hparams_sessions(folder: pathlib.Path) -> list:
 def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     (tmp_path / "tfds").mkdir()
     with tfds.testing.mock_data(num_examples=256):
+        # A --run_name and --restart of the sweep's command do not reach its trials.
         best = dispatch.run(_options(tmp_path, tuner="random", max_trials=3, max_epochs=1,
-                                     strategy="mirrored"))
+                                     strategy="mirrored", run_name="ignored", restart=True))
     sweep_dir = tmp_path / "results" / "mnist_lenet" / "s"
     trials = _trials(sweep_dir)
     assert len(trials) == 3
+    assert not (tmp_path / "results" / "mnist_lenet" / "ignored").exists()
     scores = {}
     for trial in trials:
         metrics = json.loads((trial / "metrics.json").read_text())
         assert metrics["num_replicas"] == 2 and metrics["epochs"] == 1
         assert _has_hparams(trial / "logs")
+        # Trials skip the serving export; the best one is retrained for it.
+        assert not (trial / "export").exists() and "exported" not in metrics
+        config = json.loads((trial / "config.json").read_text())
+        assert config["trial"] == {"sweep_dir": str(sweep_dir), "name": trial.name,
+                                   "warm_start": None, "initial_epoch": 0}
         scores[trial.name] = metrics["history"][-1]["val_accuracy"]
     # No sweep-wide HParams configuration (it would hide every other run's
     # columns under --logdir results); each trial declares its own, under an

@@ -75,21 +75,21 @@ def find_images(inputs: str) -> list[pathlib.Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        images = [p for p in files if p.suffix.lower() in image_io.EXTENSIONS]
-        if len(images) < len(files):
+        found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        images = [p for p in found if p.suffix.lower() in image_io.EXTENSIONS]
+        if len(images) < len(found):
             logging.info("Ignored %d file(s) in %s without an image extension (%s)",
-                         len(files) - len(images), path, ", ".join(image_io.EXTENSIONS))
+                         len(found) - len(images), path, ", ".join(image_io.EXTENSIONS))
         if not images:
             raise UserError(f"--inputs={inputs}: the folder holds no image files "
                             f"({', '.join(image_io.EXTENSIONS)})")
         return images
     if glob.has_magic(str(path)):
         matches = sorted(pathlib.Path(p) for p in glob.glob(str(path), recursive=True))
-        files = [p for p in matches if p.is_file()]
-        if not files:
+        found = [p for p in matches if p.is_file()]
+        if not found:
             raise UserError(f"--inputs={inputs}: the pattern matches no file")
-        return files
+        return found
     raise UserError(f"--inputs={inputs}: no such file or folder")
 
 

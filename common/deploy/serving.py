@@ -1,7 +1,7 @@
 """A run's serving files (export/): SavedModel, float TFLite, labels.
 
-What `export()` writes into a run folder (at the end of every training run,
-or later with `--mode=export --run_name=RUN`):
+What `export()` writes into a run folder (at the end of every plain training
+run, not a sweep's trials; or later with `--mode=export --run_name=RUN`):
 
     export/saved_model/1/      SavedModel in TensorFlow Serving's layout (model
                                base path export/saved_model, version 1). Its

@@ -17,8 +17,8 @@ from. It builds from the data's image shape, so 28x28 grey images run too.
 import tf_keras
 from tf_keras import layers
 
-from common.errors import UserError
 from common.config.hparams import HParam
+from common.errors import UserError
 
 
 def get_config() -> dict:

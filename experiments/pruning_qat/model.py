@@ -12,8 +12,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 
 import experiments
 from common.config import hparams
-from common.runs import saved
 from common.errors import UserError
+from common.runs import saved
 
 # Layers whose kernels are pruned: the ones that hold nearly all weights.
 PRUNED_LAYERS = (tf_keras.layers.Conv2D, tf_keras.layers.Dense,
