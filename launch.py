@@ -95,6 +95,9 @@ flags.DEFINE_string("inputs", None, "--mode=predict: an image file, a folder or 
 flags.DEFINE_integer("top_k", 1, "--mode=predict: classes listed per image.", lower_bound=1)
 flags.DEFINE_string("output", None, "--mode=predict: the CSV written (default: "
                     "predictions.csv in the run folder).")
+flags.DEFINE_boolean("unsafe_deserialization", False, "Load models that hold Python code "
+                     "(Lambda layers), which runs as they load: only from runs you trust "
+                     "(docs/security.md).")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 1 bar, 2 a line per epoch, 0 none.",
                      lower_bound=0, upper_bound=2)
 flags.mark_flag_as_required("experiment")

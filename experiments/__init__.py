@@ -24,6 +24,10 @@ and may provide these hooks:
   finish(context) -> dict          a last step after training (export,
                                    measurement); what it returns joins
                                    metrics.json
+  load_scope() -> context manager  the custom objects the experiment's saved
+                                   models need to load (a stage's
+                                   load_scope, for readers: eval, export,
+                                   predict, a Hyperband warm start)
 
 The hooks are the package's public names: its `__all__` where it has one,
 else the public functions it defines. `get(name)` checks them: a missing
@@ -50,7 +54,7 @@ from types import ModuleType
 from common.errors import UserError
 
 REQUIRED = ("get_config", "build_model")
-OPTIONAL = ("search_space", "augment", "stages", "finish")
+OPTIONAL = ("search_space", "augment", "stages", "finish", "load_scope")
 HOOKS = REQUIRED + OPTIONAL
 
 # This package's search path, extended by EXPERIMENTS_PATH: import_module

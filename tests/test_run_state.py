@@ -241,7 +241,8 @@ def test_eval_of_an_unfinished_or_damaged_run_is_one_line(tmp_path, idx_dir):
                               results_dir=str(tmp_path), data_dir=str(idx_dir)))
     (run_dir / "model").mkdir()
     (run_dir / "model" / "model.keras").write_bytes(b"not a model")
-    with pytest.raises(UserError, match="cannot"):
+    with pytest.raises(UserError, match="model.keras is declared as .keras but is not a "
+                                        ".keras zip file; refusing to load it"):
         dispatch.run(RunOptions(experiment="mnist_lenet", mode="eval", run_name="half",
                               results_dir=str(tmp_path), data_dir=str(idx_dir)))
 

@@ -59,6 +59,8 @@ class RunOptions:
         top_k: --mode=predict: classes listed per image.
         output: --mode=predict's CSV file, or None for predictions.csv in the
             run folder.
+        unsafe_deserialization: load models that hold Python code (Lambda
+            layers) from run folders, running it; for runs the user trusts.
         verbose: Keras progress: 1 a bar, 2 one line per epoch, 0 none.
     """
     experiment: str
@@ -94,6 +96,7 @@ class RunOptions:
     inputs: Optional[str] = None
     top_k: int = 1
     output: Optional[str] = None
+    unsafe_deserialization: bool = False
     verbose: int = 1
 
 

@@ -69,7 +69,7 @@ import tensorflow as tf
 from common.data import image_cache, image_report, images
 from common.data.image_cache import CACHE_ENV  # noqa: F401  (re-exported)
 from common.data.image_report import SPLITS
-from common.data.splits import Splits
+from common.data.splits import Splits, check_class_names
 from common.errors import UserError
 
 DATASET = "image_folder"
@@ -177,6 +177,7 @@ def scan(folder: pathlib.Path) -> _Scan:
         raise UserError(f"--data_dir {where} has no class folders{found}; put each "
                         f"class's images in a folder named after the class: "
                         f"{_describe_layouts(folder)}")
+    check_class_names(classes, f"--data_dir {where}")
     if len(classes) == 1:
         raise UserError(f"--data_dir {where} has one class folder ({classes[0]}/); a "
                         "classifier needs at least two classes")

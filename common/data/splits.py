@@ -1,9 +1,11 @@
 """What a dataset is once loaded: its three splits, and a run's three streams."""
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import tensorflow as tf
+
+from common.errors import UserError
 
 
 @dataclasses.dataclass
@@ -50,3 +52,21 @@ class Pipelines:
     validation: tf.data.Dataset
     test: tf.data.Dataset
     steps_per_epoch: int
+
+
+def check_class_names(names: Sequence, where: str) -> None:
+    """Class names as labels.txt and predictions can carry them: strings,
+    not empty, each on one line (no line break or separator of any kind:
+    str.splitlines' set, U+2028 included).
+
+    Args:
+        names: the class names, in class-index order.
+        where: where they come from, for the message (a folder, a file).
+
+    Raises:
+        UserError: naming the first bad name and where it comes from.
+    """
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or name.splitlines() != [name]:
+            raise UserError(f"bad class name {name!r} in {where}: a class name must be one "
+                            "line of text (rename the class)")

@@ -56,7 +56,9 @@ def find_images(inputs: str) -> list[pathlib.Path]:
     A file is taken whatever its name. A folder gives its files (not those of
     its subfolders, nor hidden ones) with an image extension (.png, .jpg,
     .jpeg, .bmp, .gif, any case); the others are logged as ignored. A glob
-    gives every file it matches (`**` matches subfolders too).
+    gives every regular file it matches (`**` matches subfolders too, but
+    does not descend into links to folders, so a link loop cannot make it
+    run for ever), each file once (by its real path).
 
     Args:
         inputs: --inputs: a file, a folder or a glob pattern; `~` is expanded.
@@ -66,7 +68,8 @@ def find_images(inputs: str) -> list[pathlib.Path]:
 
     Raises:
         UserError: `inputs` is empty, names neither a file nor a folder nor a
-            pattern that matches a file, or a folder with no image file.
+            pattern that matches a file, names something that is not a
+            regular file (a FIFO, a device), or a folder with no image file.
     """
     if not inputs:
         raise UserError("--mode=predict needs --inputs=PATH: an image file, a folder or "
@@ -85,11 +88,21 @@ def find_images(inputs: str) -> list[pathlib.Path]:
                             f"({', '.join(image_io.EXTENSIONS)})")
         return images
     if glob.has_magic(str(path)):
-        matches = sorted(pathlib.Path(p) for p in glob.glob(str(path), recursive=True))
-        found = [p for p in matches if p.is_file()]
+        parts = path.parts
+        first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        root = pathlib.Path(*parts[:first]) if first else pathlib.Path(".")
+        found, seen = [], set()
+        # pathlib's "**" does not follow links to folders (glob.glob's does).
+        for match in sorted(root.glob(str(pathlib.PurePath(*parts[first:])))):
+            real = match.resolve()
+            if match.is_file() and real not in seen:
+                seen.add(real)
+                found.append(match)
         if not found:
             raise UserError(f"--inputs={inputs}: the pattern matches no file")
         return found
+    if os.path.lexists(path):
+        raise UserError(f"--inputs={inputs}: not a regular file or a folder")
     raise UserError(f"--inputs={inputs}: no such file or folder")
 
 
@@ -137,10 +150,13 @@ class Classifier:
 
     It is the run's exported SavedModel (its serving_default signature) where
     metrics.json declares one (the first), else its Keras model (the first
-    keras/h5 model it declares, within its load_scope, not compiled).
+    keras/h5 model it declares, not compiled). A SavedModel is a program:
+    load one only from a run you trust (docs/security.md).
 
     Args:
         run_dir: the finished run's folder.
+        scope: the context manager factory a Keras model declared with a
+            load_scope loads in (the experiment's load_scope hook), or None.
 
     Attributes:
         image_shape: (H, W, C) the model takes, as ints.
@@ -153,12 +169,12 @@ class Classifier:
             model, or the SavedModel or Keras model cannot be loaded.
     """
 
-    def __init__(self, run_dir: pathlib.Path):
+    def __init__(self, run_dir: pathlib.Path, scope=None):
         run_dir = pathlib.Path(run_dir)
         served = [e for e in saved.declared_models(run_dir) if e["format"] == "saved_model"]
         self._serve = self._model = None
         if served:
-            path = run_dir / served[0]["path"]
+            path = files.inside(run_dir, served[0]["path"], "its SavedModel")
             try:
                 self._serve = tf.saved_model.load(str(path)).signatures["serving_default"]
                 specs = list(self._serve.structured_input_signature[1].values())
@@ -169,7 +185,7 @@ class Classifier:
             self.num_classes = int(outputs.shape[-1])
             self.source = f"SavedModel {path}"
         else:
-            self._model = saved.load_keras_model(run_dir, compile=False)
+            self._model = saved.load_keras_model(run_dir, compile=False, scope=scope)
             self.image_shape = tuple(int(d) for d in self._model.input_shape[1:])
             self.num_classes = int(self._model.output_shape[-1])
             self.source = f"Keras model of {run_dir} (no exported SavedModel)"
@@ -303,23 +319,67 @@ def write_csv(path: pathlib.Path, rows: Sequence[Prediction], top_k: int) -> Non
         top_k: how many classes each row lists.
 
     Raises:
-        UserError: `path` is a folder, its folder does not exist, or writing
-            fails (the operating system's reason).
+        UserError: `path` is a folder, its folder does not exist, it is
+            something predict must not replace (see check_output()), or
+            writing fails (the operating system's reason); the temporary
+            file is removed whatever fails.
     """
     path = pathlib.Path(path)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns(top_k))
     writer.writerows(_cells(row, top_k) for row in rows)
-    if path.is_dir():
-        raise UserError(f"--output={path} is a folder; name a file")
-    if not path.parent.is_dir():
-        raise UserError(f"--output={path}: the folder {path.parent} does not exist")
+    check_output(path)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w", newline="") as f:
             f.write(buffer.getvalue())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
         raise files.os_error(e, "write the predictions") from None
+    finally:
+        if tmp is not None:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+
+
+# Files of run folders and sweeps that --output must never replace.
+PROTECTED_NAMES = (files.CONFIG_FILE, files.METRICS_FILE, files.HISTORY_FILE, files.LOCK_FILE,
+                   "data_report.json", "eval.json", "best_hparams.json", "sweep.json",
+                   "done.json", "labels.txt")
+
+
+def check_output(path: pathlib.Path) -> None:
+    """Refuses an --output that predict must not write: a folder, a missing
+    folder, a symbolic link, a device or FIFO, a file of a run folder
+    (PROTECTED_NAMES), or an existing file that is not a predictions CSV
+    (one whose first line is not columns()' header). A predictions CSV that
+    predict wrote before is replaced.
+
+    Args:
+        path: the CSV file --output names.
+
+    Raises:
+        UserError: naming the path and why.
+    """
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"--output={path} is a folder; name a file")
+    if not path.parent.is_dir():
+        raise UserError(f"--output={path}: the folder {path.parent} does not exist")
+    if path.name in PROTECTED_NAMES:
+        raise UserError(f"--output={path}: {path.name} is a run folder's own file; name "
+                        f"another file, such as {PREDICTIONS_FILE}")
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"--output={path} exists and is not a regular file; name a new file")
+    try:
+        with open(path, newline="") as f:
+            first = f.readline(4096)
+    except (OSError, UnicodeDecodeError):
+        first = ""
+    if not first.startswith(",".join(columns(1)[:3])):
+        raise UserError(f"--output={path} exists and is not a predictions CSV, so it is not "
+                        "replaced; name a new file or remove it")

@@ -41,6 +41,7 @@ import tensorflow as tf
 import tf_keras
 
 from common.data import local_files
+from common.data.splits import check_class_names
 from common.deploy import tflite
 from common.errors import UserError, one_line
 from common.runs import saved
@@ -173,18 +174,28 @@ def export_model(run_dir: pathlib.Path, model: tf_keras.Model, class_names: Sequ
 
     Raises:
         UserError: the number of class names is not the model's number of
-            outputs (before anything is written).
+            outputs, a class name is not one line of text, or image_shape
+            is not the model's input shape (before anything is written).
         OSError: the files cannot be written or moved into place.
         Exception: whatever TensorFlow raises if saving the SavedModel or
             converting to TFLite fails. The staging folder is removed
             whether or not an error is raised.
     """
     run_dir = pathlib.Path(run_dir)
+    expected = [d for d in model.input_shape[1:]]
+    if not (isinstance(image_shape, (list, tuple)) and len(image_shape) == len(expected)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                    for d in image_shape)
+            and all(e is None or e == d for e, d in zip(expected, image_shape))):
+        raise UserError(f"the run's image shape {image_shape!r} is not its model's input "
+                        f"shape {tuple(expected)}; cannot export it")
     image_shape = [int(d) for d in image_shape]
     num_classes = int(model.output_shape[-1])
-    if len(class_names) != num_classes:
-        raise UserError(f"the run has {len(class_names)} class names but its model "
+    if not isinstance(class_names, (list, tuple)) or len(class_names) != num_classes:
+        count = len(class_names) if isinstance(class_names, (list, tuple)) else "no list of"
+        raise UserError(f"the run has {count} class names but its model "
                         f"{num_classes} outputs; cannot write {LABELS_PATH}")
+    check_class_names(class_names, f"run {run_dir}")
     staging = pathlib.Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{EXPORT_DIR}-"))
 
     def inside(relative: str) -> pathlib.Path:  # where export/<x> is built
@@ -207,15 +218,18 @@ def export_model(run_dir: pathlib.Path, model: tf_keras.Model, class_names: Sequ
 
 
 def export(run_dir: pathlib.Path, entry: dict, class_names: Sequence[str],
-           image_shape: Sequence[int]) -> dict[str, list[dict]]:
-    """Loads the run's model declared by `entry` (not compiled, within its
-    load_scope) and writes export/ for it.
+           image_shape: Sequence[int], scope=None) -> dict[str, list[dict]]:
+    """Loads the run's model declared by `entry` (not compiled, within
+    `scope` where it declares a load_scope) and writes export/ for it.
 
     Args:
         run_dir: the run's folder.
         entry: a metrics.json "models" entry of a keras or h5 model.
         class_names: the class names in class-index order, one per output.
         image_shape: (H, W, C) of the SavedModel signature's images.
+        scope: the context manager factory the model loads in (custom
+            objects: the experiment's or its last stage's load_scope), or
+            None.
 
     Returns:
         What export_model() returns.
@@ -223,12 +237,12 @@ def export(run_dir: pathlib.Path, entry: dict, class_names: Sequence[str],
     Raises:
         UserError: the model cannot be loaded, or see export_model().
     """
-    model = saved.load_entry(pathlib.Path(run_dir), entry, compile=False)
+    model = saved.load_entry(pathlib.Path(run_dir), entry, compile=False, scope=scope)
     return export_model(run_dir, model, class_names, image_shape)
 
 
 def export_after_training(run_dir: pathlib.Path, entry: dict, class_names: Sequence[str],
-                          image_shape: Sequence[int]) -> dict[str, Any]:
+                          image_shape: Sequence[int], scope=None) -> dict[str, Any]:
     """export() for the end of a training run, which must not lose the
     trained run: any failure is logged as a warning and returned as
     "export_error" (the run still finishes; --mode=export retries it)
@@ -239,6 +253,7 @@ def export_after_training(run_dir: pathlib.Path, entry: dict, class_names: Seque
         entry: the metrics.json "models" entry of the run's final Keras model.
         class_names: the class names in class-index order, one per output.
         image_shape: (H, W, C) of the SavedModel signature's images.
+        scope: as for export().
 
     Returns:
         What export() returns, or after a failure {"models": [],
@@ -246,7 +261,7 @@ def export_after_training(run_dir: pathlib.Path, entry: dict, class_names: Seque
         its message>"}.
     """
     try:
-        outcome = export(run_dir, entry, class_names, image_shape)
+        outcome = export(run_dir, entry, class_names, image_shape, scope)
     except Exception as e:  # pylint: disable=broad-except
         message = f"{type(e).__name__}: {one_line(e)}"
         logging.warning("Exporting the serving files failed (%s); the run is kept: retry "

@@ -9,7 +9,7 @@ from common.config.options import RunOptions
 from common.config.resolve import resolve_config
 from common.distribute import clusters, slurm, strategy as strategy_lib
 from common.errors import UserError
-from common.runs import files
+from common.runs import files, saved
 from common.training import precision
 
 
@@ -43,6 +43,7 @@ def run(options: RunOptions) -> dict[str, Any]:
         files.check_name("sweep_name", options.sweep_name)
     if options.mode in ("eval", "export", "predict") and not options.run_name:
         raise UserError(f"--mode={options.mode} needs --run_name of a finished run")
+    saved.allow_unsafe_deserialization(options.unsafe_deserialization)
     experiment = experiments.get(options.experiment)
     config = resolve_config(experiment, options)
     clusters.check_cluster_options(options)

@@ -39,7 +39,6 @@ def run(experiment, options: RunOptions, config: dict,
         UserError: a missing or unfinished run, a damaged file, a model
             that cannot be loaded, data that cannot be loaded.
     """
-    del experiment
     run_dir = saved.find_finished(options.results_dir, options.experiment, options.run_name)
     trained = saved.read_config(run_dir)
     recorded = saved.read_metrics(run_dir)
@@ -52,16 +51,17 @@ def run(experiment, options: RunOptions, config: dict,
     for entry in saved.declared_models(run_dir):
         if entry["format"] in ("keras", "h5"):
             with strategy.scope():
-                model = saved.load_entry(run_dir, entry)
+                model = saved.load_entry(run_dir, entry,
+                                         scope=getattr(experiment, "load_scope", None))
             scores[entry["name"]] = evaluation.Evaluator(model, strategy)(test_ds)
             continue
         if images is None:
             images, labels = pipeline.split_arrays(splits.test)
+        path = files.inside(run_dir, entry["path"], f"model {entry['name']!r}")
         if entry["format"] == "tflite":
-            scores[entry["name"]] = tflite.tflite_scores(run_dir / entry["path"], images, labels)
+            scores[entry["name"]] = tflite.tflite_scores(path, images, labels)
         else:
-            scores[entry["name"]] = serving.saved_model_scores(run_dir / entry["path"],
-                                                               images, labels)
+            scores[entry["name"]] = serving.saved_model_scores(path, images, labels)
     payload = {"run": options.run_name, "dataset": dataset,
                "num_test_examples": splits.num_test, "models": scores,
                "recorded_test_accuracy": recorded.get("test_accuracy")}

@@ -41,7 +41,7 @@ def run(experiment, options: RunOptions, config: dict,
             holds (its lock), no Keras model, a model that cannot be loaded,
             class names that do not match it.
     """
-    del experiment, config, strategy
+    del config, strategy
     run_dir = saved.find_finished(options.results_dir, options.experiment, options.run_name)
     lock = Lock(run_dir, "run").acquire()
     try:
@@ -52,7 +52,8 @@ def run(experiment, options: RunOptions, config: dict,
         if not entries:
             raise UserError(f"run {run_dir} declares no Keras model to export")
         entry = next((e for e in entries if e.get("name") == "model"), entries[0])
-        model = saved.load_entry(run_dir, entry, compile=False)
+        model = saved.load_entry(run_dir, entry, compile=False,
+                                 scope=getattr(experiment, "load_scope", None))
         image_shape = run_config.get("image_shape") or list(model.input_shape[1:])
         names = serving.class_names_of(run_config, int(model.output_shape[-1]))
         outcome = serving.export_model(run_dir, model, names, image_shape)

@@ -8,12 +8,14 @@ layout is results/README.md's; common/runs/folder.py is a run folder's life.
 
 import csv
 import datetime
+import errno
 import io
 import json
 import math
 import os
 import pathlib
 import platform
+import stat
 import tempfile
 from typing import Any
 
@@ -24,6 +26,9 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 LOCK_FILE = ".lock"
 MAX_NAME_LENGTH = 100
+# The largest JSON file a reader takes: metrics.json with a long history is
+# well under 1 MB.
+MAX_JSON_BYTES = 64 * 2**20
 
 
 def finite(payload: Any) -> Any:
@@ -87,21 +92,89 @@ def write_json_atomic(path: pathlib.Path, payload: Any) -> None:
     _write_atomic(path, text + "\n")
 
 
-def read_json(path: pathlib.Path) -> Any:
-    """The JSON value in the file at `path`.
+def read_json(path: pathlib.Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in the file at `path`, read as input someone else may
+    have made: a regular file (not a symbolic link, FIFO or device), at most
+    `max_bytes` long, strict JSON (no NaN or Infinity).
 
     Args:
         path: the JSON file to read.
+        max_bytes: the largest file read, in bytes.
 
     Returns:
         The parsed value (a dict, list, str, number, bool or None).
 
     Raises:
-        OSError: the file cannot be read.
-        ValueError: it is not valid JSON (json.JSONDecodeError).
+        OSError: the file cannot be opened or read.
+        ValueError: it is a symbolic link, not a regular file, larger than
+            `max_bytes`, or not strict JSON (json.JSONDecodeError).
     """
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(read_bytes(path, max_bytes), parse_constant=_no_constant)
+
+
+def read_bytes(path: pathlib.Path, max_bytes: int) -> bytes:
+    """The whole content of the regular file at `path`, opened without
+    following a symbolic link and refused above `max_bytes`.
+
+    Args:
+        path: the file to read.
+        max_bytes: the largest file read, in bytes.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        ValueError: it is a symbolic link, not a regular file (a FIFO, a
+            device, a folder), or larger than `max_bytes`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} is {info.st_size:,} bytes, more than the "
+                             f"{max_bytes:,} read")
+        payload = f.read(max_bytes + 1)
+    if len(payload) > max_bytes:
+        raise ValueError(f"{path} is more than the {max_bytes:,} bytes read")
+    return payload
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def inside(run_dir: pathlib.Path, relative, what: str) -> pathlib.Path:
+    """`relative` (a path read from one of the run's files) resolved inside
+    the run folder.
+
+    Args:
+        run_dir: the run folder.
+        relative: the path as the file gives it; it must be a relative path
+            string.
+        what: what the path is, for the message ("model 'model' of ...").
+
+    Returns:
+        run_dir / relative, with every symbolic link resolved.
+
+    Raises:
+        UserError: `relative` is not a string, is absolute, or resolves
+            outside the run folder ("..", a symbolic link out of it).
+    """
+    if not isinstance(relative, str) or not relative or pathlib.PurePath(relative).is_absolute():
+        raise UserError(f"{what}: path {relative!r} is not a path inside the run folder")
+    root = pathlib.Path(run_dir).resolve()
+    resolved = (root / relative).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise UserError(f"{what}: path {relative!r} leads outside the run folder {run_dir}")
+    return resolved
 
 
 def library_versions() -> dict[str, str]:
@@ -220,23 +293,27 @@ def read_history(run_dir: pathlib.Path) -> list[dict[str, Any]]:
         there is no history.csv.
 
     Raises:
+        UserError: history.csv is a symbolic link, not a regular file, or
+            larger than MAX_JSON_BYTES.
         OSError: history.csv exists but cannot be read.
     """
     path = pathlib.Path(run_dir) / HISTORY_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
+    try:
+        text = read_bytes(path, MAX_JSON_BYTES).decode("utf-8", errors="replace")
+    except ValueError as e:
+        raise UserError(f"cannot read {path}: {e}") from None
     rows: dict[int, dict[str, Any]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            try:
-                if None in row or any(v is None for v in row.values()):
-                    continue  # fewer or more fields than the header: torn
-                epoch = int(row.pop("epoch"))
-                rows[epoch] = {k: (float(v) if v not in ("", "None") else None)
-                               for k, v in row.items()}
-            except (ValueError, TypeError):
-                continue
+    for row in csv.DictReader(io.StringIO(text, newline="")):
+        try:
+            if None in row or any(v is None for v in row.values()):
+                continue  # fewer or more fields than the header: torn
+            epoch = int(row.pop("epoch"))
+            rows[epoch] = {k: (float(v) if v not in ("", "None") else None)
+                           for k, v in row.items()}
+        except (ValueError, TypeError, KeyError):
+            continue  # a malformed row, or no epoch column
     return [{"epoch": e, **rows[e]} for e in sorted(rows)]
 
 

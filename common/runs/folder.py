@@ -9,6 +9,7 @@ BackupAndRestore) and delete them at the end.
 """
 
 import dataclasses
+import os
 import pathlib
 import shutil
 import time
@@ -74,11 +75,14 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
         path.mkdir(exist_ok=True)
     except OSError as e:
         raise files.os_error(e, "create the run folder") from None
+    finished = UserError(f"run {path} already finished; choose another --run_name "
+                         "(runs are never overwritten)")
+    if os.path.lexists(path / files.METRICS_FILE):
+        raise finished  # before the lock writes anything into a finished run
     lock = Lock(path, "run").acquire()
     try:
-        if (path / files.METRICS_FILE).exists():
-            raise UserError(f"run {path} already finished; choose another --run_name "
-                            "(runs are never overwritten)")
+        if os.path.lexists(path / files.METRICS_FILE):  # finished meanwhile
+            raise finished
         config_path = path / files.CONFIG_FILE
         if not config_path.exists():
             return path, False, lock
@@ -86,6 +90,9 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
             previous = files.read_json(config_path)
             if not isinstance(previous, dict):
                 raise ValueError("not an object")
+            for key in ("hparams", "data"):
+                if not isinstance(previous.get(key, {}), dict):
+                    raise ValueError(f"its {key!r} is not an object")
         except (OSError, ValueError) as e:
             if not restart:
                 raise UserError(f"{config_path} is damaged ({e}); rerun with --restart "

@@ -1,10 +1,12 @@
 """One process per run or sweep: an exclusive lock on its folder."""
 
 import datetime
+import errno
 import fcntl
 import os
 import pathlib
 import socket
+import stat
 
 from common.errors import UserError
 from common.runs.files import LOCK_FILE, os_error
@@ -38,20 +40,35 @@ class Lock:
 
         Raises:
             UserError: another process holds the lock (the message names the
-                owner that .lock records), or .lock cannot be opened.
+                owner that .lock records), .lock is a symbolic link or not a
+                regular file (it is opened without following links, so a
+                planted link cannot make the lock write elsewhere), or it
+                cannot be opened.
         """
         try:
-            handle = open(self.path, "a+")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UserError(f"{self.path} is a symbolic link; a lock file must be a "
+                                "plain file: remove the link") from None
             raise os_error(e, f"lock {self.what}") from None
+        handle = os.fdopen(fd, "r+")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            handle.close()
+            raise UserError(f"{self.path} is not a regular file; a lock file must be a "
+                            "plain file: remove it")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
+            owner = handle.read(200).strip().splitlines()
             handle.close()
+            owner = owner[0] if owner and owner[0].isprintable() else "another process"
             raise UserError(f"{self.what} {self.path.parent} is in use by {owner}; "
                             "wait for it to finish or stop it") from None
+        except OSError as e:
+            handle.close()
+            raise os_error(e, f"lock {self.what}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "

@@ -12,13 +12,16 @@ against model size. It follows what each metrics.json declares; a file it
 cannot read is skipped with one line naming it.
 """
 
-import json
 import math
 import pathlib
 import sys
 from typing import Any, Optional
+import urllib.parse
 
 from absl import app, flags
+
+from common.errors import UserError
+from common.runs import files
 
 flags.DEFINE_string("results_dir", "results", "Folder of run folders to report on.")
 flags.DEFINE_integer("max_runs_per_plot", 8, "Curves of at most this many runs per "
@@ -39,16 +42,35 @@ def _number(value) -> bool:
         and math.isfinite(value)
 
 
+# The fields the report shows, by the type they must have where present.
+_SCALARS = ("status", "dataset", "data_source", "strategy", "num_replicas", "epochs",
+            "train_images_per_second", "num_parameters", "wall_seconds_total",
+            "headline_model", "model_path")
+_LISTS_OF_OBJECTS = ("history", "stages", "models", "models_measured", "exported")
+
+
+def _scalar(value) -> bool:
+    return value is None or isinstance(value, str) or _number(value)
+
+
 def _problem(metrics: Any) -> Optional[str]:
-    """Why a metrics.json cannot be reported, or None."""
+    """Why a metrics.json cannot be reported, or None: the report reads only
+    what it has checked (docs/security.md)."""
     if not isinstance(metrics, dict):
         return f"not a JSON object ({type(metrics).__name__})"
     if metrics.get("status", "completed") != "failed" and not _number(
             metrics.get("test_accuracy")):
         return f"test_accuracy is {metrics.get('test_accuracy')!r}, not a number"
-    history = metrics.get("history", [])
-    if not isinstance(history, list) or not all(
-            isinstance(row, dict) and _number(row.get("epoch")) for row in history):
+    for name in _SCALARS:
+        if not _scalar(metrics.get(name)):
+            return f"its {name} is a {type(metrics[name]).__name__}, not a value"
+    for name in _LISTS_OF_OBJECTS:
+        value = metrics.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
+            return f"its {name} is not a list of objects"
+        if not all(_scalar(v) for row in value for v in row.values()):
+            return f"its {name} holds something other than values"
+    if not all(_number(row.get("epoch")) for row in metrics.get("history", [])):
         return "its history is not a list of epoch rows"
     return None
 
@@ -78,7 +100,7 @@ def find_runs(results_dir: pathlib.Path) -> dict[str, list[dict[str, Any]]]:
         if relative.parts[0] in ("bench", "crashes"):
             continue
         try:
-            metrics = json.loads(path.read_text())
+            metrics = files.read_json(path)  # a regular file, bounded, strict
         except (OSError, ValueError) as e:
             print(f"report: skipping {path}: {e}", file=sys.stderr)
             continue
@@ -109,7 +131,11 @@ def headline_model(run: dict) -> Optional[dict]:
     for entry in run.get("models") or []:
         if isinstance(entry, dict) and entry.get("name") == name:
             return entry
-    path = run["_dir"] / run.get("model_path", "model/model.keras")
+    try:
+        path = files.inside(run["_dir"], run.get("model_path", "model/model.keras"),
+                            f"{run['_dir']}'s model_path")
+    except UserError:
+        return None  # a path out of the run folder is not followed
     return {"name": name, "path": str(path), "bytes": path.stat().st_size} \
         if path.is_file() else None
 
@@ -135,7 +161,26 @@ def _cell(value) -> str:
         return f"{value:,.1f}" if value >= 100 else f"{value:.4f}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value)
+    return " ".join(str(value).split())  # one line: newlines and line separators go
+
+
+# What Markdown or HTML would read as markup in a table cell or a heading
+# (newlines are folded into spaces first).
+_MARKDOWN_ESCAPES = {"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
+                     "<": "&lt;", ">": "&gt;"}
+
+
+def markdown_text(text: str) -> str:
+    """`text` as inert Markdown: on one line, with every character that
+    Markdown or HTML would read as markup escaped.
+
+    Args:
+        text: a cell or heading, from a run's files or its folder's name.
+
+    Returns:
+        The escaped text.
+    """
+    return "".join(_MARKDOWN_ESCAPES.get(c, c) for c in " ".join(str(text).split()))
 
 
 def _seconds(value) -> Optional[str]:
@@ -232,8 +277,7 @@ def text_table(columns, rows: list[list[str]]) -> str:
 
 
 def markdown_table(columns, rows: list[list[str]]) -> str:
-    """A Markdown (GitHub) pipe table; cells are written as they are, not
-    escaped.
+    """A Markdown (GitHub) pipe table, every cell escaped (markdown_text).
 
     Args:
         columns: the header's cells, a sequence of str.
@@ -242,8 +286,9 @@ def markdown_table(columns, rows: list[list[str]]) -> str:
     Returns:
         The table's lines joined by newlines (no final newline).
     """
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    lines = ["| " + " | ".join(map(markdown_text, columns)) + " |",
+             "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(map(markdown_text, r)) + " |" for r in rows])
 
 
 def _pyplot():
@@ -406,14 +451,16 @@ def build_report(results_dir: pathlib.Path, max_runs: int = 8) -> tuple[str, str
                      markdown_table(COMPARISON, comparison), ""]
     for experiment in sorted(runs):
         rows = rows_for(runs[experiment])
-        text += [f"== {experiment} ({len(rows)} runs)", text_table(COLUMNS, rows), ""]
-        markdown += [f"## {experiment}", "", markdown_table(COLUMNS, rows), ""]
+        text += [f"== {_cell(experiment)} ({len(rows)} runs)", text_table(COLUMNS, rows), ""]
+        markdown += [f"## {markdown_text(experiment)}", "", markdown_table(COLUMNS, rows), ""]
         curves = results_dir / f"report_{experiment}_curves.png"
         if plot_curves(experiment, runs[experiment], curves, max_runs):
-            markdown += [f"![training and validation curves]({curves.name})", ""]
+            markdown += [f"![training and validation curves]"
+                         f"({urllib.parse.quote(curves.name)})", ""]
         sizes = results_dir / f"report_{experiment}_accuracy_vs_size.png"
         if plot_accuracy_vs_size(experiment, runs[experiment], sizes):
-            markdown += [f"![accuracy against model size]({sizes.name})", ""]
+            markdown += [f"![accuracy against model size]({urllib.parse.quote(sizes.name)})",
+                         ""]
     return "\n".join(text), "\n".join(markdown)
 
 

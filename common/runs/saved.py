@@ -9,15 +9,24 @@ A run declares its models in metrics.json:
 
 Formats: keras (.keras), h5 (whole model in HDF5, for models .keras cannot
 reload), tflite, saved_model (TensorFlow Serving's layout). A keras or h5
-model may name a `load_scope` ("module:function", a context manager with
-the custom objects loading needs). common/ never asks which experiment
-made a run: it follows these declarations.
+model that needs custom objects to load says so with "load_scope": true; the
+caller supplies the scope (the experiment's `load_scope` hook, or the
+stage's), never the file. common/ never asks which experiment made a run: it
+follows these declarations.
+
+A run folder is input someone else may have made (docs/security.md): every
+declared path must stay inside the run folder, models load with Keras'
+safe mode whatever their container (a ".keras" that is no zip is refused,
+an HDF5 or .keras model holding Lambda layers is refused unless
+allow_unsafe_deserialization(True), launch.py's --unsafe_deserialization),
+and metrics.json and config.json are read as bounded regular files.
 """
 
 import contextlib
-import importlib
+import json
 import pathlib
-from typing import Any, Optional
+import zipfile
+from typing import Any, Callable, ContextManager, Optional
 
 import tf_keras
 
@@ -26,6 +35,26 @@ from common.runs import files
 
 FORMATS = ("keras", "h5", "tflite", "saved_model")
 FINISHED = ("completed", "stopped_early")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# A model's configuration read to look for code before loading it, at most.
+MAX_MODEL_CONFIG_BYTES = 64 * 2**20
+# Layer classes whose configuration carries Python code (marshalled bytecode).
+CODE_LAYERS = ("Lambda",)
+
+Scope = Optional[Callable[[], ContextManager]]
+_unsafe = False
+
+
+def allow_unsafe_deserialization(allowed: bool) -> None:
+    """Whether models holding Python code (Lambda layers) may load in this
+    process: False by default; launch.py's --unsafe_deserialization sets it,
+    for runs the user trusts.
+
+    Args:
+        allowed: True to load such models, running their code.
+    """
+    global _unsafe
+    _unsafe = bool(allowed)
 
 
 def save_final_model(model: tf_keras.Model, write_dir: pathlib.Path, keep: str) -> pathlib.Path:
@@ -85,16 +114,8 @@ def declare(write_dir: pathlib.Path, name: str, path: pathlib.Path,
     entry = {"name": name, "format": fmt, "path": str(path.relative_to(write_dir)),
              "bytes": size}
     if load_scope is not None:
-        entry["load_scope"] = f"{load_scope.__module__}:{load_scope.__qualname__}"
+        entry["load_scope"] = True  # the reader supplies it; a file never names code
     return entry
-
-
-def _scope(entry: dict):
-    spec = entry.get("load_scope")
-    if not spec:
-        return contextlib.nullcontext()
-    module, _, function = spec.partition(":")
-    return getattr(importlib.import_module(module), function)()
 
 
 def find_finished(results_dir: str, experiment: str, run_name: str) -> pathlib.Path:
@@ -198,7 +219,8 @@ def read_config(path: pathlib.Path) -> dict:
 
 
 def declared_models(path: pathlib.Path) -> list[dict]:
-    """The models a finished run declares (older runs: model/model.keras).
+    """The models a finished run declares (older runs: model/model.keras),
+    each checked: a known format, a path inside the run folder that exists.
 
     A run whose metrics.json has no (or an empty) "models" list declares one
     keras model, "model", at metrics.json's "model_path" or else
@@ -211,27 +233,40 @@ def declared_models(path: pathlib.Path) -> list[dict]:
         The "models" entries, as the module docstring describes them.
 
     Raises:
-        UserError: metrics.json is damaged (see read_metrics()), or an
-            entry's format is not one of FORMATS or its path does not exist
-            in the run folder.
+        UserError: metrics.json is damaged (see read_metrics()), "models" is
+            not a list of objects, or an entry has no name, an unknown
+            format, a path that leaves the run folder (absolute, "..", a
+            symbolic link out of it), or a path that does not exist or is
+            not a file (a folder for saved_model).
     """
+    path = pathlib.Path(path)
     metrics = read_metrics(path)
     entries = metrics.get("models")
+    where = path / files.METRICS_FILE
     if not entries:
-        entries = [{"name": "model", "format": "keras",
-                    "path": metrics.get("model_path", "model/model.keras")}]
+        model_path = metrics.get("model_path", "model/model.keras")
+        entries = [{"name": "model", "format": "keras", "path": model_path}]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{where} is damaged: \"models\" is not a list of objects")
     for entry in entries:
-        if entry.get("format") not in FORMATS or not (path / entry.get("path", "")).exists():
-            raise UserError(f"run {path} declares model {entry.get('name')!r} at "
-                            f"{entry.get('path')!r} ({entry.get('format')}), which is missing")
+        name, fmt = entry.get("name"), entry.get("format")
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{where} is damaged: a model entry has no name")
+        if fmt not in FORMATS:
+            raise UserError(f"{where} declares model {name!r} in format {fmt!r}; "
+                            f"known formats: {', '.join(FORMATS)}")
+        file = files.inside(path, entry.get("path"), f"model {name!r} of {where}")
+        if not (file.is_dir() if fmt == "saved_model" else file.is_file()):
+            raise UserError(f"run {path} declares model {name!r} at {entry.get('path')!r} "
+                            f"({fmt}), which is missing")
     return entries
 
 
 def load_keras_model(path: pathlib.Path, name: Optional[str] = None,
-                     compile: bool = True) -> tf_keras.Model:
+                     compile: bool = True, scope: Scope = None) -> tf_keras.Model:
     """The run's Keras model called `name` (default: its first keras/h5
-    model); UserError if it cannot be loaded. compile=False: for inference
-    (no optimizer; predict_on_batch works whatever steps_per_execution).
+    model). compile=False: for inference (no optimizer; predict_on_batch
+    works whatever steps_per_execution).
 
     Args:
         path: the run folder, a pathlib.Path.
@@ -239,6 +274,9 @@ def load_keras_model(path: pathlib.Path, name: Optional[str] = None,
             format keras or h5.
         compile: whether to restore the model's compiled state (optimizer,
             loss, metrics).
+        scope: what loading a model declared with "load_scope" is entered
+            in: the experiment's load_scope hook (custom objects); None if
+            the caller has none.
 
     Returns:
         The loaded tf_keras.Model.
@@ -246,39 +284,133 @@ def load_keras_model(path: pathlib.Path, name: Optional[str] = None,
     Raises:
         UserError: the run declares no such Keras model, its declarations
             are damaged (see declared_models()), or the file cannot be
-            loaded (see load_entry()).
+            loaded safely (see load_model_file()).
     """
     entries = [e for e in declared_models(path) if e["format"] in ("keras", "h5")
                and (name is None or e["name"] == name)]
     if not entries:
         raise UserError(f"run {path} has no Keras model" + (f" {name!r}" if name else ""))
-    return load_entry(path, entries[0], compile)
+    return load_entry(path, entries[0], compile, scope)
 
 
-def load_entry(path: pathlib.Path, entry: dict, compile: bool = True) -> tf_keras.Model:
-    """Loads the Keras model of one declared entry, within its load_scope.
+def load_entry(path: pathlib.Path, entry: dict, compile: bool = True,
+               scope: Scope = None) -> tf_keras.Model:
+    """Loads the Keras model of one declared entry.
 
     Args:
         path: the run folder.
         entry: a "models" entry of format keras or h5 (declared_models()):
-            its "path" is relative to `path`; its "load_scope", if any, is
-            imported and entered around loading.
+            its "path" is inside `path`; with "load_scope", the model needs
+            custom objects that `scope` must supply.
         compile: whether to restore the model's compiled state; False for
             inference.
+        scope: the context manager factory for a "load_scope" entry (the
+            experiment's load_scope hook); ignored for others.
 
     Returns:
         The loaded tf_keras.Model.
 
     Raises:
-        UserError: loading failed in any way (a damaged file, or a
-            load_scope that cannot be imported or entered); the message
-            names the file and the error's first line.
+        UserError: the entry needs a scope and none was given, or the file
+            cannot be loaded safely (see load_model_file()).
     """
-    model_path = pathlib.Path(path) / entry["path"]
+    where = pathlib.Path(path) / files.METRICS_FILE
+    model_path = files.inside(path, entry.get("path"), f"model {entry.get('name')!r} of {where}")
+    if entry.get("load_scope") and scope is None:
+        raise UserError(f"model {entry.get('name')!r} of run {path} needs its experiment's "
+                        "custom objects to load, and this experiment declares none "
+                        "(a load_scope hook)")
+    return load_model_file(model_path, entry["format"], compile,
+                           scope if entry.get("load_scope") else None)
+
+
+def load_model_file(model_path: pathlib.Path, fmt: str, compile: bool = True,
+                    scope: Scope = None) -> tf_keras.Model:
+    """Loads a whole Keras model from a file that may come from someone
+    else, with Keras' safe mode in force whatever its container.
+
+    A "keras" file must be a .keras zip (tf_keras would load anything else
+    as a legacy file, outside safe mode); an "h5" file must be HDF5. The
+    model's configuration is read first, and a model holding layers that
+    carry Python code (CODE_LAYERS: Lambda) is refused unless
+    allow_unsafe_deserialization(True).
+
+    Args:
+        model_path: the model file.
+        fmt: "keras" or "h5", as declared.
+        compile: whether to restore the model's compiled state.
+        scope: a context manager factory entered around loading (custom
+            objects), or None.
+
+    Returns:
+        The loaded tf_keras.Model.
+
+    Raises:
+        UserError: the file is not what `fmt` says, holds code layers (the
+            message names them and --unsafe_deserialization), or loading
+            fails in any other way (the message names the file and the
+            error's first line).
+    """
+    model_path = pathlib.Path(model_path)
+    config = _model_config(model_path, fmt)
+    code = sorted(set(_code_layers(config)))
+    if code and not _unsafe:
+        raise UserError(f"the model {model_path} holds Python code ({', '.join(code)}), "
+                        "which runs when it loads; load it only from a run you trust, "
+                        "with --unsafe_deserialization")
     try:
-        with _scope(entry):
-            return tf_keras.models.load_model(model_path, compile=compile)
+        with scope() if scope else contextlib.nullcontext():
+            return tf_keras.models.load_model(model_path, compile=compile,
+                                              safe_mode=not _unsafe)
     except Exception as e:  # a damaged file fails in many ways (zip, HDF5, Keras)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load the model {model_path} ({type(e).__name__}: "
                         f"{first}); is the file damaged?") from None
+
+
+def _model_config(model_path: pathlib.Path, fmt: str) -> Any:
+    """The model's architecture as its file stores it (JSON), read without
+    building anything; UserError for a file that is not `fmt`."""
+    try:
+        if fmt == "keras":
+            if not model_path.is_file() or not zipfile.is_zipfile(model_path):
+                raise UserError(f"the model {model_path} is declared as .keras but is not "
+                                "a .keras zip file; refusing to load it")
+            with zipfile.ZipFile(model_path) as archive:
+                info = archive.getinfo("config.json")
+                if info.file_size > MAX_MODEL_CONFIG_BYTES:
+                    raise UserError(f"the model {model_path} has a config.json of "
+                                    f"{info.file_size:,} bytes")
+                return json.loads(archive.read(info))
+        with open(model_path, "rb") as f:
+            if f.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                raise UserError(f"the model {model_path} is declared as HDF5 but is not an "
+                                "HDF5 file; refusing to load it")
+        import h5py  # installed with TensorFlow
+        with h5py.File(model_path, "r") as h5:
+            raw = h5.attrs.get("model_config")
+        if raw is None:
+            raise UserError(f"the model {model_path} holds no model configuration "
+                            "(weights only?)")
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read the model {model_path} ({type(e).__name__}: "
+                        f"{str(e).strip()[:200]}); is the file damaged?") from None
+
+
+def _code_layers(config: Any):
+    """Yields "Lambda <name>" for each layer in a model configuration whose
+    class carries Python code (CODE_LAYERS), at any depth (nested models)."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") in CODE_LAYERS:
+                inner = node.get("config")
+                name = inner.get("name", "") if isinstance(inner, dict) else ""
+                yield f"{node['class_name']} layer {name!r}"
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)

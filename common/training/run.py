@@ -25,7 +25,7 @@ from common.runs.folder import RunFolder, write_test_scalars
 from common.training import evaluation, precision, stage_runner, stages as stage_lib
 
 # What export() is given and returns: see train_run.
-Export = Callable[[pathlib.Path, dict, tuple, tuple], dict]
+Export = Callable[[pathlib.Path, dict, tuple, tuple, Any], dict]
 
 
 def _hook(experiment, name: str):
@@ -115,8 +115,9 @@ def train_run(experiment, options: RunOptions, config: dict,
         trial: a sweep's trial: where its folder goes, and the run a
             Hyperband trial continues from; None for a plain run.
         export: called by the chief after the model is saved, as
-            export(run_dir, model entry, class names, image shape); what it
-            returns joins metrics.json, its "models" the declared models.
+            export(run_dir, model entry, class names, image shape, the last
+            stage's load_scope); what it returns joins metrics.json, its
+            "models" the declared models.
             None: no serving export (a sweep's trials).
 
     Returns:
@@ -185,7 +186,8 @@ def _augment(augment, config, image, label):
 def _build_model(experiment, config, splits, warm_start: Optional[str]) -> tf_keras.Model:
     model = experiment.build_model(config, splits.image_shape, splits.num_classes)
     if warm_start:  # a Hyperband trial continued from its predecessor
-        previous = saved.load_keras_model(pathlib.Path(warm_start))
+        previous = saved.load_keras_model(pathlib.Path(warm_start),
+                                          scope=_hook(experiment, "load_scope"))
         model.set_weights(previous.get_weights())
     return model
 
@@ -228,7 +230,7 @@ def _finish(experiment, folder: RunFolder, stage_run, outcome, pipes: Pipelines,
     # retrained from best_hparams.json.
     if folder.is_chief and export is not None:
         served = export(folder.write_dir, models[0], pipes.splits.class_names,
-                        pipes.splits.image_shape)
+                        pipes.splits.image_shape, stage_run.stages[-1].load_scope)
         models += served.pop("models")
         extra.update(served)
     metrics = {

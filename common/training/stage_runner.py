@@ -13,7 +13,7 @@ import tensorflow as tf
 import tf_keras
 
 from common.distribute import strategy as strategy_lib
-from common.runs import files
+from common.runs import files, saved
 from common.training import callbacks as callback_lib, optimizers, precision
 from common.training.stages import Stage, StageContext, StageRecord
 
@@ -214,9 +214,9 @@ class StageRunner:
         folder = self.stage_dir(stage)
         with self._precision(stage), strategy.scope():
             if stage.keep != "weights":
-                scope = stage.load_scope() if stage.load_scope else contextlib.nullcontext()
-                with scope:
-                    return tf_keras.models.load_model(folder / _model_file(stage))
+                return saved.load_model_file(folder / _model_file(stage),
+                                             "h5" if stage.keep == "h5" else "keras",
+                                             scope=stage.load_scope)
             model = self._transformed(self.restore(index - 1, initial, strategy), index,
                                       strategy)
             model.load_weights(str(folder / "weights")).expect_partial()

@@ -48,7 +48,7 @@ def build_model(config: dict, image_shape: tuple[int, ...],
     with its own defaults plus any of its hyperparameters this experiment
     also has (dropout, weights, ...)."""
     if config["init_from"]:
-        model = saved.load_keras_model(init_run(config))
+        model = saved.load_keras_model(init_run(config), scope=quantize_scope)
         if tuple(model.input_shape[1:]) != tuple(image_shape) \
                 or model.output_shape[-1] != num_classes:
             raise UserError(f"--init_from={config['init_from']} takes {model.input_shape[1:]} "
