@@ -80,3 +80,34 @@ def test_every_experiments_defaults_are_valid():
     for name in experiments.names():
         config = experiments.get(name).get_config()
         hparams.check_all(hparams.defaults(config), hparams.specs_of(config))
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("fashion-mnist", "did you mean 'fashion_mnist'?"),
+    ("Fashion_MNIST", "did you mean 'fashion_mnist'?"),
+    ("cifar-10", "did you mean 'cifar10'?"),
+    ("image_folder=x", "did you mean 'image_folder'?"),
+    ("my-data", "a TFDS name would be 'my_data'"),
+    ("", "without a download: mnist, fashion_mnist, cifar10, image_folder"),
+])
+def test_a_dataset_name_that_cannot_be_one_is_refused(name, hint):
+    from common.config.resolve import check_dataset_name
+    with pytest.raises(UserError) as raised:
+        check_dataset_name(name)
+    assert str(raised.value).startswith(f"bad --dataset {name!r}") and hint in str(raised.value)
+
+
+def test_a_dashed_dataset_name_is_one_line_before_any_folder(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "launch.py"), "--experiment=mnist_lenet",
+                           "--dataset=fashion-mnist", f"--results_dir={tmp_path}"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "launch.py: error: bad --dataset 'fashion-mnist' (did you mean 'fashion_mnist'?): a TFDS "
+        "name is lower-case words joined by underscores; without a download: mnist, "
+        "fashion_mnist, cifar10, image_folder")
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())

@@ -7,3 +7,6 @@ TUNERS = ("hyperband", "random", "bayesian")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
+# Datasets read without a download (their original files, or image folders);
+# any other TFDS name is looked up in TFDS.
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
