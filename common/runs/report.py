@@ -46,11 +46,15 @@ def _number(value) -> bool:
 _SCALARS = ("status", "dataset", "data_source", "strategy", "num_replicas", "epochs",
             "train_images_per_second", "num_parameters", "wall_seconds_total",
             "headline_model", "model_path")
-_LISTS_OF_OBJECTS = ("history", "stages", "models", "models_measured", "exported")
+# The lists the report reads, and the fields of their rows it reads: None
+# means any value (str, number, bool or null) for every field.
+_LISTS = {"history": None, "stages": ("name", "first_epoch"),
+          "models": ("name", "path", "bytes"), "models_measured": None,
+          "exported": ("format", "bytes")}
 
 
 def _scalar(value) -> bool:
-    return value is None or isinstance(value, str) or _number(value)
+    return value is None or isinstance(value, (str, bool)) or _number(value)
 
 
 def _problem(metrics: Any) -> Optional[str]:
@@ -64,11 +68,12 @@ def _problem(metrics: Any) -> Optional[str]:
     for name in _SCALARS:
         if not _scalar(metrics.get(name)):
             return f"its {name} is a {type(metrics[name]).__name__}, not a value"
-    for name in _LISTS_OF_OBJECTS:
+    for name, fields in _LISTS.items():
         value = metrics.get(name, [])
         if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
             return f"its {name} is not a list of objects"
-        if not all(_scalar(v) for row in value for v in row.values()):
+        if not all(_scalar(row.get(field)) for row in value
+                   for field in (fields or row)):
             return f"its {name} holds something other than values"
     if not all(_number(row.get("epoch")) for row in metrics.get("history", [])):
         return "its history is not a list of epoch rows"
