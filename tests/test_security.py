@@ -108,7 +108,7 @@ def test_an_hdf5_model_with_a_lambda_is_refused_in_every_mode(tmp_path, idx_dir,
     with pytest.raises(UserError) as raised:
         dispatch.run(_mode_options(mode, results, idx_dir, tmp_path))
     message = str(raised.value)
-    assert "holds Python code (Lambda layer 'payload')" in message
+    assert "holds Python code (Lambda layer 'payload'" in message
     assert "--unsafe_deserialization" in message and "\n" not in message
     assert not marker.exists()
 
@@ -387,7 +387,7 @@ def test_a_class_name_with_a_line_break_is_refused(tmp_path, name):
     config = json.loads((run_dir / "config.json").read_text())
     config["class_names"] = CLASS_NAMES[:9] + [name]
     (run_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="a class name must be one line of text"):
+    with pytest.raises(UserError, match="a class name must be one line of printable text"):
         dispatch.run(_options(results, "export"))
     assert not (run_dir / "export").exists()
     folder = tmp_path / "images"
@@ -396,7 +396,7 @@ def test_a_class_name_with_a_line_break_is_refused(tmp_path, name):
         for i in range(3):
             tf_keras.utils.save_img(folder / label / f"{i}.png",
                                     np.full((28, 28, 1), 40 * i, np.uint8), scale=False)
-    with pytest.raises(UserError, match="bad class name .* a class name must be one line"):
+    with pytest.raises(UserError, match="bad class name .* must be one line of printable text"):
         dispatch.run(RunOptions(experiment="mnist_lenet", dataset="image_folder",
                                 data_dir=str(folder), results_dir=str(tmp_path / "out"),
                                 epochs=1, verbose=0))
@@ -423,3 +423,128 @@ def test_a_fifo_as_inputs_is_not_a_regular_file(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(UserError, match="not a regular file or a folder"):
         predict.find_images(str(tmp_path / "pipe"))
+
+
+# --- holes found by attacking the first version ------------------------------
+
+def test_a_file_that_is_hdf5_and_zip_at_once_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    results = tmp_path / "results"
+    run_dir = _run(results, model_file="model/model.h5", fmt="h5", marker=marker)
+    harmless = tmp_path / "harmless.keras"
+    _tiny_model().save(harmless)
+    polyglot = run_dir / "model" / "model.bin"
+    polyglot.write_bytes((run_dir / "model" / "model.h5").read_bytes() + harmless.read_bytes())
+    for fmt in ("keras", "h5"):
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics["models"][0].update(format=fmt, path="model/model.bin")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        with pytest.raises(UserError, match="is both an HDF5 file and a zip"):
+            dispatch.run(_options(results, "export"))
+    assert not marker.exists()
+
+
+def test_a_keras_name_linked_to_another_file_is_judged_by_that_file(tmp_path):
+    marker = tmp_path / "ran"
+    results = tmp_path / "results"
+    run_dir = _run(results, model_file="model/real.bin", save_as=".h5", marker=marker)
+    os.symlink("real.bin", run_dir / "model" / "model.keras")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["models"][0]["path"] = "model/model.keras"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(UserError, match="real.bin is declared as .keras but is not a .keras zip"):
+        dispatch.run(_options(results, "predict", inputs=str(_png(tmp_path))))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("config, found", [
+    ({"class_name": "RNN", "config": {"cell": {"class_name": "ResidualWrapper", "config": {
+        "residual_fn": ["bytecode", None, None], "residual_fn_type": "lambda"}}}},
+     "a Python function (residual_fn_type)"),
+    ({"class_name": "DropoutWrapper", "config": {"dropout_fn_type": "lambda"}},
+     "a Python function (dropout_fn_type)"),
+    ({"class_name": "Functional", "module": "results.mnist_lenet.shared.payload"},
+     "module 'results.mnist_lenet.shared.payload'"),
+    ({"layers": [{"class_name": "TimeDistributed", "config": {"layer": {
+        "class_name": "Lambda", "config": {"name": "inner"}}}}]}, "Lambda layer 'inner'"),
+    ({"class_name": "__lambda__", "config": {"value": ["bytecode"]}},
+     "a serialised Python function"),
+])
+def test_every_kind_of_code_in_a_model_configuration_is_found(config, found):
+    from common.runs import saved
+    assert found in set(saved._code_layers(config))
+
+
+def test_the_project_models_name_no_foreign_module():
+    import experiments
+    from common.runs import saved
+    model = experiments.get("mnist_lenet").build_model({"dropout": 0.0}, (28, 28, 1), 10)
+    assert list(saved._code_layers(json.loads(model.to_json()))) == []
+
+
+def test_a_run_folder_that_is_a_link_is_not_written_through(tmp_path, idx_dir):
+    results = tmp_path / "results"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (results / "mnist_lenet").mkdir(parents=True)
+    os.symlink(outside, results / "mnist_lenet" / "linked")
+    with pytest.raises(UserError, match="is a symbolic link; a run folder must be a folder"):
+        dispatch.run(RunOptions(experiment="mnist_lenet", run_name="linked", epochs=1,
+                                data_dir=str(idx_dir), results_dir=str(results), verbose=0))
+    assert list(outside.iterdir()) == []
+
+
+def test_the_report_replaces_links_instead_of_writing_through_them(tmp_path):
+    from common.runs import report
+    results = tmp_path / "results"
+    _run(results)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.symlink(victim, results / "report.md")
+    os.symlink(victim, results / "report_mnist_lenet_curves.png")
+    text, markdown = report.build_report(results)
+    from common.runs import files
+    files.write_text_atomic(results / "report.md", markdown)
+    assert victim.read_text() == "precious\n"
+    assert not (results / "report.md").is_symlink()
+
+
+def test_a_lock_hard_linked_to_another_file_leaves_it_alone(tmp_path):
+    results = tmp_path / "results"
+    run_dir = _run(results)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, run_dir / ".lock")
+    with pytest.raises(UserError, match="hard link to another file"):
+        dispatch.run(_options(results, "export"))
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("payload, needle", [
+    ('{"learning_rate": NaN}', "is not JSON"),
+    ('{"init_from": {"path": "x"}}', "'init_from' is not a number, a string or true/false"),
+    ("[" * 100000 + "]" * 100000, "nests too deeply"),
+])
+def test_a_hostile_hparams_file_is_one_line(tmp_path, payload, needle):
+    from common.config import hparams
+    path = tmp_path / "best_hparams.json"
+    path.write_text(payload)
+    with pytest.raises(UserError, match=needle):
+        hparams.read_file(str(path))
+
+
+def test_a_path_with_a_nul_and_class_names_with_escape_codes_are_one_line(tmp_path):
+    results = tmp_path / "results"
+    run_dir = _run(results)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["models"][0]["path"] = "model/model.keras\u0000"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(UserError, match="is not a path inside the run folder"):
+        dispatch.run(_options(results, "export"))
+    metrics["models"][0]["path"] = "model/model.keras"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["class_names"] = ["\x1b[2J\x1b[31mFAKE\x1b[0m"] + CLASS_NAMES[1:]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="one line of printable text"):
+        dispatch.run(_options(results, "predict", inputs=str(_png(tmp_path))))

@@ -16,10 +16,10 @@ UserError naming the value and what is valid.
 """
 
 import dataclasses
-import json
 import math
 from typing import Any, Iterable, Mapping, Optional
 
+from common import inputs
 from common.config import choices
 from common.errors import UserError
 
@@ -269,8 +269,7 @@ def read_file(path: str) -> list[str]:
             object of hyperparameters.
     """
     try:
-        with open(path) as f:
-            payload = json.load(f)
+        payload = inputs.read_json(path)  # a regular file, bounded, strict JSON
     except OSError as e:
         raise UserError(f"cannot read --hparams_file {path}: {e.strerror}") from None
     except ValueError as e:
@@ -279,6 +278,11 @@ def read_file(path: str) -> list[str]:
         payload = payload["hparams"]
     if not isinstance(payload, dict):
         raise UserError(f"--hparams_file {path} must hold a JSON object of hyperparameters")
+    bad = [name for name, value in payload.items()
+           if not isinstance(value, (bool, int, float, str))]
+    if bad:
+        raise UserError(f"--hparams_file {path}: {bad[0]!r} is not a number, a string or "
+                        "true/false")
     return [f"{name}={_as_text(value)}" for name, value in payload.items()]
 
 

@@ -57,7 +57,8 @@ class Pipelines:
 def check_class_names(names: Sequence, where: str) -> None:
     """Class names as labels.txt and predictions can carry them: strings,
     not empty, each on one line (no line break or separator of any kind:
-    str.splitlines' set, U+2028 included).
+    str.splitlines' set, U+2028 included) of printable characters (no
+    terminal escape codes).
 
     Args:
         names: the class names, in class-index order.
@@ -67,6 +68,7 @@ def check_class_names(names: Sequence, where: str) -> None:
         UserError: naming the first bad name and where it comes from.
     """
     for name in names:
-        if not isinstance(name, str) or not name.strip() or name.splitlines() != [name]:
+        if not isinstance(name, str) or not name.strip() or name.splitlines() != [name] \
+                or not name.isprintable():
             raise UserError(f"bad class name {name!r} in {where}: a class name must be one "
-                            "line of text (rename the class)")
+                            "line of printable text (rename the class)")

@@ -7,6 +7,7 @@ from absl import logging
 import tensorflow as tf
 
 from common.config.options import RunOptions
+from common.data.splits import check_class_names
 from common.deploy import predict, serving
 from common.errors import UserError
 from common.runs import files, saved
@@ -83,4 +84,5 @@ def _labels(run_dir: pathlib.Path, classifier: predict.Classifier) -> list[str]:
     if len(names) != classifier.num_classes:
         raise UserError(f"{where} has {len(names)} class names but the model has "
                         f"{classifier.num_classes} classes")
+    check_class_names(names, where)
     return names

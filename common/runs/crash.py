@@ -1,6 +1,7 @@
 """Where a genuine bug's traceback goes: a log file, named in one line."""
 
 import datetime
+import os
 import pathlib
 import tempfile
 import traceback
@@ -9,9 +10,10 @@ import traceback
 def write_log(results_dir: str, experiment: str) -> pathlib.Path:
     """Writes the current exception's traceback to a log file.
 
-    The file is <results_dir>/crashes/<YYYYmmdd-HHMMSS>-<experiment>.log, or
-    the same name in the system's temporary folder if that cannot be
-    written. Call it while handling the exception (traceback.format_exc()).
+    The file is a new <results_dir>/crashes/<YYYYmmdd-HHMMSS>-<experiment>-
+    <random>.log (created exclusively, readable by its owner only), or the
+    same in the system's temporary folder if that cannot be written or
+    crashes/ is a symbolic link. Call it while handling the exception (traceback.format_exc()).
 
     Args:
         results_dir: the results folder (--results_dir).
@@ -26,9 +28,14 @@ def write_log(results_dir: str, experiment: str) -> pathlib.Path:
     for folder in (pathlib.Path(results_dir) / "crashes", pathlib.Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{stamp}-{experiment}.log"
-            path.write_text(text)
-            return path
+            if folder.is_symlink():
+                continue  # a planted link must not send the log elsewhere
+            # A new file of its own (O_EXCL, never through a link).
+            fd, path = tempfile.mkstemp(dir=folder, prefix=f"{stamp}-{experiment}-",
+                                        suffix=".log")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return pathlib.Path(path)
         except OSError:
             continue
     return pathlib.Path("(unwritable)")

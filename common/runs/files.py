@@ -8,27 +8,23 @@ layout is results/README.md's; common/runs/folder.py is a run folder's life.
 
 import csv
 import datetime
-import errno
 import io
 import json
 import math
 import os
 import pathlib
 import platform
-import stat
 import tempfile
 from typing import Any
 
 from common.errors import UserError
+from common.inputs import MAX_JSON_BYTES, read_bytes, read_json  # noqa: F401  (re-exported)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 LOCK_FILE = ".lock"
 MAX_NAME_LENGTH = 100
-# The largest JSON file a reader takes: metrics.json with a long history is
-# well under 1 MB.
-MAX_JSON_BYTES = 64 * 2**20
 
 
 def finite(payload: Any) -> Any:
@@ -56,7 +52,19 @@ def finite(payload: Any) -> Any:
     return payload
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` so that readers see the old file or the whole
+    new one: a temporary file in the same folder, synced, made readable by
+    all (0644), then renamed over `path` (which replaces a symbolic link
+    there rather than writing through it).
+
+    Args:
+        path: the file to write.
+        text: its new content.
+
+    Raises:
+        OSError: the file cannot be written; the temporary file is removed.
+    """
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -89,66 +97,7 @@ def write_json_atomic(path: pathlib.Path, payload: Any) -> None:
     """
     text = json.dumps(finite(payload), indent=2, sort_keys=True, default=str,
                       allow_nan=False)
-    _write_atomic(path, text + "\n")
-
-
-def read_json(path: pathlib.Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """The JSON value in the file at `path`, read as input someone else may
-    have made: a regular file (not a symbolic link, FIFO or device), at most
-    `max_bytes` long, strict JSON (no NaN or Infinity).
-
-    Args:
-        path: the JSON file to read.
-        max_bytes: the largest file read, in bytes.
-
-    Returns:
-        The parsed value (a dict, list, str, number, bool or None).
-
-    Raises:
-        OSError: the file cannot be opened or read.
-        ValueError: it is a symbolic link, not a regular file, larger than
-            `max_bytes`, or not strict JSON (json.JSONDecodeError).
-    """
-    return json.loads(read_bytes(path, max_bytes), parse_constant=_no_constant)
-
-
-def read_bytes(path: pathlib.Path, max_bytes: int) -> bytes:
-    """The whole content of the regular file at `path`, opened without
-    following a symbolic link and refused above `max_bytes`.
-
-    Args:
-        path: the file to read.
-        max_bytes: the largest file read, in bytes.
-
-    Returns:
-        The file's bytes.
-
-    Raises:
-        OSError: the file cannot be opened or read.
-        ValueError: it is a symbolic link, not a regular file (a FIFO, a
-            device, a folder), or larger than `max_bytes`.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ValueError(f"{path} is a symbolic link") from None
-        raise
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise ValueError(f"{path} is {info.st_size:,} bytes, more than the "
-                             f"{max_bytes:,} read")
-        payload = f.read(max_bytes + 1)
-    if len(payload) > max_bytes:
-        raise ValueError(f"{path} is more than the {max_bytes:,} bytes read")
-    return payload
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+    write_text_atomic(path, text + "\n")
 
 
 def inside(run_dir: pathlib.Path, relative, what: str) -> pathlib.Path:
@@ -168,7 +117,8 @@ def inside(run_dir: pathlib.Path, relative, what: str) -> pathlib.Path:
         UserError: `relative` is not a string, is absolute, or resolves
             outside the run folder ("..", a symbolic link out of it).
     """
-    if not isinstance(relative, str) or not relative or pathlib.PurePath(relative).is_absolute():
+    if not isinstance(relative, str) or not relative or "\0" in relative \
+            or len(relative) > 4096 or pathlib.PurePath(relative).is_absolute():
         raise UserError(f"{what}: path {relative!r} is not a path inside the run folder")
     root = pathlib.Path(run_dir).resolve()
     resolved = (root / relative).resolve()
@@ -338,4 +288,4 @@ def write_history(run_dir: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in sorted(rows, key=lambda r: r["epoch"]):
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    _write_atomic(pathlib.Path(run_dir) / HISTORY_FILE, buffer.getvalue())
+    write_text_atomic(pathlib.Path(run_dir) / HISTORY_FILE, buffer.getvalue())

@@ -75,6 +75,7 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
         path.mkdir(exist_ok=True)
     except OSError as e:
         raise files.os_error(e, "create the run folder") from None
+    check_not_a_link(path)
     finished = UserError(f"run {path} already finished; choose another --run_name "
                          "(runs are never overwritten)")
     if os.path.lexists(path / files.METRICS_FILE):
@@ -121,6 +122,21 @@ def _differences(previous: Optional[dict], current: dict) -> list[str]:
     if previous is None:
         return []
     return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
+def check_not_a_link(run_dir: pathlib.Path) -> None:
+    """Refuses a run folder that is a symbolic link: what a run writes must
+    stay where its results folder says.
+
+    Args:
+        run_dir: the run folder.
+
+    Raises:
+        UserError: `run_dir` is a symbolic link.
+    """
+    if pathlib.Path(run_dir).is_symlink():
+        raise UserError(f"run {run_dir} is a symbolic link; a run folder must be a folder "
+                        "of its own (copy the run instead of linking it)")
 
 
 def clear_run(path: pathlib.Path) -> None:
@@ -216,6 +232,7 @@ class RunFolder:
         replicas = strategy.num_replicas_in_sync
         if not strategy_lib.is_chief(strategy):
             run_dir = parent / run_name
+            check_not_a_link(run_dir)
             if (run_dir / files.METRICS_FILE).exists():
                 raise UserError(f"run {run_dir} already finished; choose another --run_name "
                                 "(runs are never overwritten)")

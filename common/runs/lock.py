@@ -54,10 +54,11 @@ class Lock:
                                 "plain file: remove the link") from None
             raise os_error(e, f"lock {self.what}") from None
         handle = os.fdopen(fd, "r+")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
             handle.close()
-            raise UserError(f"{self.path} is not a regular file; a lock file must be a "
-                            "plain file: remove it")
+            raise UserError(f"{self.path} is not a regular file of its own (a device, a FIFO "
+                            "or a hard link to another file); remove it")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,6 +13,7 @@ cannot read is skipped with one line naming it.
 """
 
 import math
+import os
 import pathlib
 import sys
 from typing import Any, Optional
@@ -296,10 +297,24 @@ def markdown_table(columns, rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(markdown_text, r)) + " |" for r in rows])
 
 
+def _save(figure, path: pathlib.Path) -> None:
+    """Saves a figure as PNG beside `path`, then renames it over `path` (a
+    link there is replaced, not written through)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        figure.savefig(temporary, dpi=100, format="png")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _pyplot():
     """matplotlib's pyplot on the Agg backend: no display needed."""
     import matplotlib
     matplotlib.use("Agg")
+    # Labels come from run folders: "$...$" in a name must not be parsed as
+    # mathtext (a malformed one stops the whole report).
+    matplotlib.rcParams["text.parse_math"] = False
     from matplotlib import pyplot
     return pyplot
 
@@ -354,7 +369,7 @@ def plot_curves(experiment: str, runs: list[dict], path: pathlib.Path, max_runs:
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     plt.close(figure)
     return True
 
@@ -417,7 +432,7 @@ def plot_accuracy_vs_size(experiment: str, runs: list[dict], path: pathlib.Path)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6, ncol=2 if len(measured) > 1 else 1)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     plt.close(figure)
     return True
 
@@ -490,7 +505,7 @@ def main(argv):
         return 1
     try:
         text, markdown = build_report(results_dir, FLAGS.max_runs_per_plot)
-        (results_dir / "report.md").write_text(markdown)
+        files.write_text_atomic(results_dir / "report.md", markdown)
     except OSError as e:
         print(f"report: error: cannot write {e.filename or results_dir}: {e.strerror}",
               file=sys.stderr)

@@ -40,6 +40,11 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_MODEL_CONFIG_BYTES = 64 * 2**20
 # Layer classes whose configuration carries Python code (marshalled bytecode).
 CODE_LAYERS = ("Lambda",)
+# The packages a model configuration may name as modules: Keras, TensorFlow,
+# TFMOT and the project's own experiments (code on this machine, not in the
+# run folder).
+CODE_MODULES = ("keras", "tf_keras", "tensorflow", "tensorflow_model_optimization",
+                "experiments", "builtins")
 
 Scope = Optional[Callable[[], ContextManager]]
 _unsafe = False
@@ -137,6 +142,9 @@ def find_finished(results_dir: str, experiment: str, run_name: str) -> pathlib.P
     """
     files.check_name("run_name", run_name)
     path = pathlib.Path(results_dir) / experiment / run_name
+    if path.is_symlink():
+        raise UserError(f"run {path} is a symbolic link; a run folder must be a folder of its "
+                        "own (copy the run instead of linking it)")
     if not path.is_dir():
         raise UserError(f"no run {path} (expected a folder made by launch.py "
                         f"--experiment={experiment})")
@@ -355,7 +363,7 @@ def load_model_file(model_path: pathlib.Path, fmt: str, compile: bool = True,
     config = _model_config(model_path, fmt)
     code = sorted(set(_code_layers(config)))
     if code and not _unsafe:
-        raise UserError(f"the model {model_path} holds Python code ({', '.join(code)}), "
+        raise UserError(f"the model {model_path} holds Python code ({', '.join(code[:3])}), "
                         "which runs when it loads; load it only from a run you trust, "
                         "with --unsafe_deserialization")
     try:
@@ -372,8 +380,16 @@ def _model_config(model_path: pathlib.Path, fmt: str) -> Any:
     """The model's architecture as its file stores it (JSON), read without
     building anything; UserError for a file that is not `fmt`."""
     try:
+        with open(model_path, "rb") as f:
+            hdf5 = f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+        is_zip = zipfile.is_zipfile(model_path)
+        if hdf5 and is_zip:
+            raise UserError(f"the model {model_path} is both an HDF5 file and a zip; "
+                            "refusing to load it")
         if fmt == "keras":
-            if not model_path.is_file() or not zipfile.is_zipfile(model_path):
+            # tf_keras loads a file as .keras only by that suffix; anything
+            # else would go to its legacy loader, outside safe mode.
+            if model_path.suffix != ".keras" or not is_zip:
                 raise UserError(f"the model {model_path} is declared as .keras but is not "
                                 "a .keras zip file; refusing to load it")
             with zipfile.ZipFile(model_path) as archive:
@@ -382,27 +398,32 @@ def _model_config(model_path: pathlib.Path, fmt: str) -> Any:
                     raise UserError(f"the model {model_path} has a config.json of "
                                     f"{info.file_size:,} bytes")
                 return json.loads(archive.read(info))
-        with open(model_path, "rb") as f:
-            if f.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
-                raise UserError(f"the model {model_path} is declared as HDF5 but is not an "
-                                "HDF5 file; refusing to load it")
+        if not hdf5:
+            raise UserError(f"the model {model_path} is declared as HDF5 but is not an "
+                            "HDF5 file; refusing to load it")
         import h5py  # installed with TensorFlow
         with h5py.File(model_path, "r") as h5:
             raw = h5.attrs.get("model_config")
         if raw is None:
             raise UserError(f"the model {model_path} holds no model configuration "
                             "(weights only?)")
+        if not isinstance(raw, (bytes, str)):
+            raise ValueError("its model_config is not JSON text")
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except UserError:
         raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, NotImplementedError,
+            RecursionError, zipfile.BadZipFile) as e:
         raise UserError(f"cannot read the model {model_path} ({type(e).__name__}: "
                         f"{str(e).strip()[:200]}); is the file damaged?") from None
 
 
 def _code_layers(config: Any):
-    """Yields "Lambda <name>" for each layer in a model configuration whose
-    class carries Python code (CODE_LAYERS), at any depth (nested models)."""
+    """Yields a description of each piece of code a model configuration
+    holds or names, at any depth (nested models, wrappers): a layer of
+    CODE_LAYERS, a function serialised as bytecode (Keras' func_dump: a
+    "*_type" of "lambda", a "__lambda__" object), a module outside
+    CODE_MODULES (tf_keras imports whatever module a .keras config names)."""
     stack = [config]
     while stack:
         node = stack.pop()
@@ -411,6 +432,15 @@ def _code_layers(config: Any):
                 inner = node.get("config")
                 name = inner.get("name", "") if isinstance(inner, dict) else ""
                 yield f"{node['class_name']} layer {name!r}"
+            elif node.get("class_name") == "__lambda__":
+                yield "a serialised Python function"
+            for key, value in node.items():
+                if isinstance(key, str) and key.endswith("_type") and value == "lambda":
+                    yield f"a Python function ({key})"
+                if key == "module" and value is not None and (
+                        not isinstance(value, str)
+                        or value.split(".")[0] not in CODE_MODULES):
+                    yield f"module {value!r}"
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
