@@ -118,7 +118,7 @@ def paths_of(run: pathlib.Path, batch: int, threads: int, images) -> dict:
     from common.runs import saved
     # Uncompiled: a model compiled with steps_per_execution > 1 (mnist_lenet's
     # 128) fails predict_on_batch (its loop wants that many batches).
-    model = saved.load_keras_model(run, compile=False)
+    model = saved.load_keras_model(run, compile=False, scope=_load_scope(run))
     served = run / serving.SAVED_MODEL_PATH
     if not served.is_dir():
         sys.exit(f"serving: error: {run} has no {serving.SAVED_MODEL_PATH}; run launch.py "
@@ -163,7 +163,8 @@ def measure(run: pathlib.Path) -> dict:
     from common.runs import saved
     config = saved.read_config(run)
     shape = tuple(config.get("image_shape") or
-                  saved.load_keras_model(run, compile=False).input_shape[1:])
+                  saved.load_keras_model(run, compile=False,
+                                         scope=_load_scope(run)).input_shape[1:])
     images = np.random.default_rng(0).integers(0, 256, (FLAGS.large_batch, *shape),
                                                dtype=np.uint8)
     threads = FLAGS.tflite_threads or os.cpu_count()
@@ -186,6 +187,13 @@ def paired_ratios(samples: dict[str, list[float]]) -> dict[str, float]:
     """Per path, the median over rounds of Keras' time / its time that round."""
     return {name: _util.median([k / v for k, v in zip(samples["keras"], values)])
             for name, values in samples.items()}
+
+
+def _load_scope(run: pathlib.Path):
+    """The custom objects the run's experiment loads its models in (its
+    load_scope hook), or None."""
+    import experiments
+    return getattr(experiments.get(_experiment_of(run)), "load_scope", None)
 
 
 def _experiment_of(run: pathlib.Path) -> str:

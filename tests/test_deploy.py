@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import experiments
+
 from common.config.options import RunOptions
 from common.data import images as image_io, local_files, pipeline, sources
 from common.deploy import serving, tflite as tflite_lib
@@ -158,10 +160,14 @@ def check_export_files(run: Run) -> None:
     assert not list(run.path.glob(".export*")), "staging folder left behind"
 
 
+def _load_scope(run: Run):
+    return getattr(experiments.get(run.experiment), "load_scope", None)
+
+
 def predictions(run: Run, images: np.ndarray) -> dict[str, np.ndarray]:
     """Predicted classes [N] of the Keras model, the SavedModel signature
     and the float TFLite model, on uint8 images [N, H, W, C]."""
-    model = saved.load_keras_model(run.path, compile=False)
+    model = saved.load_keras_model(run.path, compile=False, scope=_load_scope(run))
     keras = np.concatenate([np.argmax(model.predict_on_batch(
         images[i:i + BATCH].astype(np.float32)), -1) for i in range(0, len(images), BATCH)])
     serve = tf.saved_model.load(str(run.path / serving.SAVED_MODEL_PATH)) \
@@ -302,7 +308,7 @@ test_images.__test__ = False  # a helper, not a test
 
 
 def keras_probabilities(run: Run, images: np.ndarray) -> np.ndarray:
-    model = saved.load_keras_model(run.path, compile=False)
+    model = saved.load_keras_model(run.path, compile=False, scope=_load_scope(run))
     return tf.nn.softmax(model.predict_on_batch(images.astype(np.float32))).numpy()
 
 
