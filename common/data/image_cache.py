@@ -94,7 +94,7 @@ def _read_cache(path: pathlib.Path, count: int) -> Optional[tuple[list[dict], np
         if len(records) != count or sum("reason" not in r for r in records) != len(images):
             raise ValueError("it does not match the folder")
         return records, images
-    except (OSError, ValueError, KeyError) as e:  # damaged: decode again
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:  # damaged: decode again
         logging.warning("Ignoring the damaged image cache %s: %s", path, e)
         return None
 
