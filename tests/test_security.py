@@ -64,6 +64,20 @@ def _run(results: pathlib.Path, name: str = "shared", *, model_file: str = "mode
     return run_dir
 
 
+def _declare(run_dir: pathlib.Path, **entry) -> None:
+    """Rewrites the run's metrics.json so that its model entry has `entry`."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["models"][0].update(entry)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _configure(run_dir: pathlib.Path, **fields) -> None:
+    """Rewrites the run's config.json with `fields`."""
+    config = json.loads((run_dir / "config.json").read_text())
+    config.update(fields)
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+
 def _options(results, mode, **values):
     return RunOptions(experiment="mnist_lenet", mode=mode, run_name="shared",
                       results_dir=str(results), verbose=0, **values)
@@ -191,9 +205,7 @@ def test_a_model_path_that_leaves_the_run_folder_is_refused(tmp_path, path, need
     elsewhere = _run(results, name="elsewhere")
     run_dir = _run(results)
     os.symlink(elsewhere / "model" / "model.keras", run_dir / "model" / "link.keras")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["models"][0]["path"] = path
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    _declare(run_dir, path=path)
     with pytest.raises(UserError, match=needle):
         dispatch.run(_options(results, "export"))
     assert not (elsewhere / "export").exists() and not (run_dir / "export").exists()
@@ -373,9 +385,7 @@ def test_a_resume_over_a_config_whose_hparams_is_a_list_is_one_line(tmp_path, id
 def test_an_edited_image_shape_is_one_line_on_export(tmp_path, shape):
     results = tmp_path / "results"
     run_dir = _run(results)
-    config = json.loads((run_dir / "config.json").read_text())
-    config["image_shape"] = shape
-    (run_dir / "config.json").write_text(json.dumps(config))
+    _configure(run_dir, image_shape=shape)
     with pytest.raises(UserError, match="is not its model's input shape"):
         dispatch.run(_options(results, "export"))
 
@@ -384,9 +394,7 @@ def test_an_edited_image_shape_is_one_line_on_export(tmp_path, shape):
 def test_a_class_name_with_a_line_break_is_refused(tmp_path, name):
     results = tmp_path / "results"
     run_dir = _run(results)
-    config = json.loads((run_dir / "config.json").read_text())
-    config["class_names"] = CLASS_NAMES[:9] + [name]
-    (run_dir / "config.json").write_text(json.dumps(config))
+    _configure(run_dir, class_names=CLASS_NAMES[:9] + [name])
     with pytest.raises(UserError, match="a class name must be one line of printable text"):
         dispatch.run(_options(results, "export"))
     assert not (run_dir / "export").exists()
@@ -436,9 +444,7 @@ def test_a_file_that_is_hdf5_and_zip_at_once_is_refused(tmp_path):
     polyglot = run_dir / "model" / "model.bin"
     polyglot.write_bytes((run_dir / "model" / "model.h5").read_bytes() + harmless.read_bytes())
     for fmt in ("keras", "h5"):
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        metrics["models"][0].update(format=fmt, path="model/model.bin")
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        _declare(run_dir, format=fmt, path="model/model.bin")
         with pytest.raises(UserError, match="is both an HDF5 file and a zip"):
             dispatch.run(_options(results, "export"))
     assert not marker.exists()
@@ -449,9 +455,7 @@ def test_a_keras_name_linked_to_another_file_is_judged_by_that_file(tmp_path):
     results = tmp_path / "results"
     run_dir = _run(results, model_file="model/real.bin", save_as=".h5", marker=marker)
     os.symlink("real.bin", run_dir / "model" / "model.keras")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["models"][0]["path"] = "model/model.keras"
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    _declare(run_dir, path="model/model.keras")
     with pytest.raises(UserError, match="real.bin is declared as .keras but is not a .keras zip"):
         dispatch.run(_options(results, "predict", inputs=str(_png(tmp_path))))
     assert not marker.exists()
@@ -536,15 +540,10 @@ def test_a_hostile_hparams_file_is_one_line(tmp_path, payload, needle):
 def test_a_path_with_a_nul_and_class_names_with_escape_codes_are_one_line(tmp_path):
     results = tmp_path / "results"
     run_dir = _run(results)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["models"][0]["path"] = "model/model.keras\u0000"
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    _declare(run_dir, path="model/model.keras\u0000")
     with pytest.raises(UserError, match="is not a path inside the run folder"):
         dispatch.run(_options(results, "export"))
-    metrics["models"][0]["path"] = "model/model.keras"
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    config = json.loads((run_dir / "config.json").read_text())
-    config["class_names"] = ["\x1b[2J\x1b[31mFAKE\x1b[0m"] + CLASS_NAMES[1:]
-    (run_dir / "config.json").write_text(json.dumps(config))
+    _declare(run_dir, path="model/model.keras")
+    _configure(run_dir, class_names=["\x1b[2J\x1b[31mFAKE\x1b[0m"] + CLASS_NAMES[1:])
     with pytest.raises(UserError, match="one line of printable text"):
         dispatch.run(_options(results, "predict", inputs=str(_png(tmp_path))))
