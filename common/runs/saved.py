@@ -337,10 +337,11 @@ def load_model_file(model_path: pathlib.Path, fmt: str, compile: bool = True,
     """Loads a whole Keras model from a file that may come from someone
     else, with Keras' safe mode in force whatever its container.
 
-    A "keras" file must be a .keras zip (tf_keras would load anything else
-    as a legacy file, outside safe mode); an "h5" file must be HDF5. The
-    model's configuration is read first, and a model holding layers that
-    carry Python code (CODE_LAYERS: Lambda) is refused unless
+    A "keras" file must be a zip named .keras (tf_keras would load anything
+    else as a legacy file, outside safe mode); an "h5" file must be HDF5;
+    a file that is both is refused. The model's configuration is read
+    first, and a model that holds or names code (a Lambda layer, a function
+    serialised as bytecode, a module outside CODE_MODULES) is refused unless
     allow_unsafe_deserialization(True).
 
     Args:
@@ -354,8 +355,8 @@ def load_model_file(model_path: pathlib.Path, fmt: str, compile: bool = True,
         The loaded tf_keras.Model.
 
     Raises:
-        UserError: the file is not what `fmt` says, holds code layers (the
-            message names them and --unsafe_deserialization), or loading
+        UserError: the file is not what `fmt` says, holds or names code (the
+            message names it and --unsafe_deserialization), or loading
             fails in any other way (the message names the file and the
             error's first line).
     """
