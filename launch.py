@@ -38,6 +38,7 @@ from absl import app, flags, logging  # noqa: E402
 import experiments  # noqa: E402
 from common.config import choices  # noqa: E402
 from common.config.options import RunOptions  # noqa: E402
+from common.data import memory  # noqa: E402
 from common.errors import UserError, system_reason  # noqa: E402
 from common.runs import crash  # noqa: E402
 
@@ -67,6 +68,9 @@ flags.DEFINE_string("init_from", None, "A finished run folder (results/<experime
                     "whose model an experiment starts from (pruning_qat).")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir, a folder of the original files, or "
                     "the image folder of --dataset=image_folder.")
+flags.DEFINE_string("data_memory_budget", "auto", "Memory the data may be cached in: auto "
+                    "(a quarter of what this process may use, cgroup limits included), a "
+                    "size such as 512M or 2G, or 0 to stream every split from disk.")
 flags.DEFINE_string("results_dir", "results", "Where run folders are created.")
 flags.DEFINE_string("run_name", None, "Run folder name; an unfinished run of that "
                     "name is resumed. Default: a new timestamped folder.")
@@ -118,6 +122,8 @@ def main(argv):
     _quiet_logs()
     options = options_from_flags()
     try:
+        if options.data_memory_budget not in ("", "auto"):
+            memory.parse_size(options.data_memory_budget)  # before TensorFlow loads
         with common.quiet_native_startup():
             from common.modes import dispatch  # TensorFlow loads here, after flag checks.
         import tensorflow as tf

@@ -64,10 +64,10 @@ def measure(name: str, data_dir: str, dataset: str) -> dict:
         figures["first_read_images_per_second"] = cache["decoded_files"] / cache["seconds"]
     batch = config["batch_size"]
     # A full pass fills the cache; the rate after it is the steady state.
-    for _ in pipes.train:
+    for _ in pipes.train.take(pipes.steps_per_epoch):
         pass
     batches = min(pipes.steps_per_epoch - 1, max(FLAGS.steps * 4, 20))
-    pipeline_rate = _images_per_second(pipes.train.repeat(), batches, batch)
+    pipeline_rate = _images_per_second(pipes.train, batches, batch)
 
     splits = pipes.splits
     model = experiment.build_model(config, splits.image_shape, splits.num_classes)

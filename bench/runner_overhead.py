@@ -78,8 +78,8 @@ def main(argv):
                                               FLAGS.fixture_examples)
     config = hparams.defaults(experiments.get("mnist_lenet").get_config())
     splits = sources.load(dataset, data_dir=data_dir, validation_fraction=config["validation_fraction"])
-    x = np.stack([image.numpy() for image, _ in splits.train]).astype(np.float32)
-    y = np.array([label.numpy() for _, label in splits.train])
+    x = np.stack([image.numpy() for image, _ in splits.train.dataset()]).astype(np.float32)
+    y = np.array([label.numpy() for _, label in splits.train.dataset()])
     launched, plain = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(FLAGS.rounds):

@@ -193,7 +193,7 @@ def _load_scope(run: pathlib.Path):
     """The custom objects the run's experiment loads its models in (its
     load_scope hook), or None."""
     import experiments
-    return getattr(experiments.get(_experiment_of(run)), "load_scope", None)
+    return experiments.hook(experiments.get(_experiment_of(run)), "load_scope")
 
 
 def _experiment_of(run: pathlib.Path) -> str:

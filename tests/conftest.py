@@ -9,8 +9,12 @@ tests marked `slow` (subprocesses, kills and resumes, clusters), which is
 what .ci/run runs.
 """
 
+import atexit
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -19,6 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from common.distribute import strategy as strategy_lib  # noqa: E402
+
+# Prepared copies of the tests' data go to a folder of this session, not
+# ~/.cache (subprocesses inherit it); tests that need their own set it.
+os.environ["DATA_CACHE_DIR"] = tempfile.mkdtemp(prefix="pytest-data-cache-")
+atexit.register(shutil.rmtree, os.environ["DATA_CACHE_DIR"], True)
 
 NUM_TEST_CPU_DEVICES = 2
 strategy_lib.configure_cpu_devices(NUM_TEST_CPU_DEVICES)

@@ -107,3 +107,12 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: flo
     time.sleep(settle)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def split_arrays(split) -> tuple[np.ndarray, np.ndarray]:
+    """A (small) split as arrays: images uint8 [N, H, W, C], labels int64 [N]."""
+    images, labels = [], []
+    for batch_images, batch_labels in split.dataset().batch(1024):
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)

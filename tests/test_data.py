@@ -132,45 +132,70 @@ def test_tfds_source_under_mock_data(tmp_path):
     assert images.shape[1:] == (28, 28, 1) and labels.max() < 10
 
 
-def test_pipeline_batches_by_global_batch(tmp_path):
+def _pixels(images) -> list[bytes]:
+    return [image.tobytes() for image in np.asarray(images)]
+
+
+def test_an_epoch_covers_every_training_example_in_whole_global_batches(tmp_path):
     splits = sources.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 100, 30)))
-    train = pipeline.make_pipeline(splits.train, 32, num_examples=splits.num_train, seed=1)
-    shapes = [tuple(x.shape) for x, _ in train]
-    assert shapes == [(32, 28, 28, 1)] * (90 // 32)  # remainder dropped
-    assert train.element_spec[0].dtype.name == "float32"
+    for in_memory in (True, False):
+        # deterministic: batches come in order (else a parallel batch of the
+        # next pass may overtake the last of this one).
+        train = pipeline.make_pipeline(splits.train, 32, seed=1, in_memory=in_memory,
+                                       deterministic=True)
+        batches = [x.numpy() for x, _ in train]
+        # 90 examples: ceil(90 / 32) = 3 batches of 32, none partial, none dropped:
+        # the last batch is filled from the next pass.
+        assert [b.shape for b in batches] == [(32, 28, 28, 1)] * 3
+        assert train.element_spec[0].dtype.name == "float32"
+        seen = _pixels(np.concatenate(batches)[:90].astype(np.uint8))
+        assert sorted(seen) == sorted(_pixels(_arrays(splits.train)[0]))
 
 
-@pytest.mark.parametrize("examples, batch, workers", [(30, 32, 1), (65, 64, 1), (99, 99, 1),
-                                                      (100, 16, 2), (64, 16, 1)])
-def test_evaluation_batches_are_whole_and_weigh_every_example_once(examples, batch, workers):
-    images = np.arange(examples, dtype=np.uint8).reshape(examples, 1, 1, 1)
-    split = tf.data.Dataset.from_tensor_slices((images, np.arange(examples, dtype=np.int64)))
-    batches = list(pipeline.eval_dataset(split, examples, batch, workers))
-    assert all(x.shape[0] == batch for x, _, _ in batches)
-    assert (len(batches) * batch) % (batch * workers) == 0
-    weights = np.concatenate([w.numpy() for _, _, w in batches])
-    labels = np.concatenate([y.numpy() for _, y, _ in batches])
-    assert weights.sum() == examples
-    assert sorted(labels[weights == 1].tolist()) == list(range(examples))
+def _eval_batches(split, batch, workers, index):
+    return list(pipeline.eval_stream(split, batch, workers, index))
 
 
-def test_training_pipeline_reshuffles_every_epoch(tmp_path):
+@pytest.mark.parametrize("examples, batch, workers", [
+    (30, 32, 1), (65, 64, 1), (99, 99, 1), (64, 16, 1),
+    (100, 16, 2), (45, 8, 3),     # by file: 8 shards
+    (30, 4, 9)])                  # by element: more workers than shards
+def test_evaluation_streams_score_every_example_once_on_any_number_of_workers(
+        tmp_path, examples, batch, workers):
+    splits = sources.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 100, examples)))
+    split = splits.test
+    assert split.num_files() == min(8, examples)
+    streams = [_eval_batches(split, batch, workers, w) for w in range(workers)]
+    # Every worker runs the same whole number of global batches.
+    assert len({len(s) for s in streams}) == 1 and len(streams[0]) >= 1
+    assert all(x.shape[0] == batch for s in streams for x, _, _ in s)
+    real = [x.numpy()[w.numpy() == 1].astype(np.uint8) for s in streams for x, _, w in s]
+    weights = sum(float(w.numpy().sum()) for s in streams for _, _, w in s)
+    assert weights == examples
+    assert sorted(_pixels(np.concatenate(real))) == sorted(_pixels(_arrays(split)[0]))
+    assert sum(split.share_size(workers, w) for w in range(workers)) == examples
+    assert split.by_file(workers) == (1 < workers <= split.num_files())
+
+
+def test_training_pipeline_reshuffles_every_pass(tmp_path):
     splits = sources.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 200, 20)))
-    train = pipeline.make_pipeline(splits.train, 180, num_examples=splits.num_train, seed=3)
-    first, second = [np.concatenate([y.numpy() for _, y in train]) for _ in range(2)]
-    assert not np.array_equal(first, second)
-    assert sorted(first) == sorted(second)
+    for in_memory in (True, False):
+        train = pipeline.train_stream(splits.train, 180, in_memory=in_memory, seed=3)
+        first, second = [y.numpy() for _, y in train.take(2)]  # 180 examples: one pass each
+        assert not np.array_equal(first, second)
+        assert sorted(first) == sorted(second)
 
 
 def test_deterministic_pipeline_repeats_with_the_seed(tmp_path):
     splits = sources.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 200, 20)))
 
-    def order():
-        train = pipeline.make_pipeline(splits.train, 60, num_examples=splits.num_train, seed=5,
-                                   deterministic=True)
+    def order(in_memory):
+        train = pipeline.make_pipeline(splits.train, 60, seed=5, deterministic=True,
+                                       in_memory=in_memory)
         return np.concatenate([y.numpy() for _, y in train])
 
-    np.testing.assert_array_equal(order(), order())
+    for in_memory in (True, False):
+        np.testing.assert_array_equal(order(in_memory), order(in_memory))
 
 
 def test_split_sizes_are_checked_before_any_work(tmp_path):

@@ -26,12 +26,13 @@ import tensorflow as tf
 import experiments
 
 from common.config.options import RunOptions
-from common.data import images as image_io, local_files, pipeline, sources
+from common.data import images as image_io, local_files, sources
 from common.deploy import serving, tflite as tflite_lib
 from common.errors import UserError
 from common.modes import dispatch
 from common.runs import saved
-from tests.fixtures import (IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_cifar10_batches,
+from tests.fixtures import (IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, split_arrays,
+                            write_cifar10_batches,
                             write_idx_dataset)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -161,7 +162,7 @@ def check_export_files(run: Run) -> None:
 
 
 def _load_scope(run: Run):
-    return getattr(experiments.get(run.experiment), "load_scope", None)
+    return experiments.hook(experiments.get(run.experiment), "load_scope")
 
 
 def predictions(run: Run, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -188,7 +189,7 @@ def check_parity(run: Run, recorded_accuracy: float) -> dict[str, float]:
     for >= 99.9% of examples and its accuracy is within 0.1 point of the
     recorded one. Returns the accuracies."""
     splits = sources.load(run.dataset, data_dir=run.data_dir, validation_fraction=0.1)
-    images, labels = pipeline.split_arrays(splits.test)
+    images, labels = split_arrays(splits.test)
     classes = predictions(run, images)
     accuracies = {}
     for name, predicted in classes.items():

@@ -163,7 +163,7 @@ def test_a_short_pruning_stage_still_reaches_its_target_sparsity(tmp_path, idx_d
 
 def test_an_impossible_pruning_schedule_is_refused_before_any_folder(tmp_path, idx_dir):
     with pytest.raises(UserError, match="pruning_end_step=100 is past the pruning stage's "
-                                        "last step \\(7; 8 steps"):
+                                        "last step \\(8; 9 steps"):
         dispatch.run(RunOptions(
             experiment="pruning_qat", data_dir=str(idx_dir), results_dir=str(tmp_path),
             batch_size=64, verbose=0, hparams=("pruning_epochs=1", "pruning_end_step=100")))

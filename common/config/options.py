@@ -41,6 +41,10 @@ class RunOptions:
             pipeline, or None.
         data_dir: TFDS' data_dir, a folder of the original files, or the
             image folder; None: the defaults (common/data/sources.py).
+        data_memory_budget: what the data may hold in memory: "auto" (a
+            quarter of the memory available to the process), or a size
+            such as "512M" or "2G" ("0": every split streams from disk);
+            common/data/memory.py.
         results_dir: where run folders are created.
         run_name: the run folder's name (an unfinished run of that name is
             resumed), or None for a new timestamped folder.
@@ -81,6 +85,7 @@ class RunOptions:
     mixed_precision: Optional[str] = None
     deterministic: Optional[bool] = None
     data_dir: Optional[str] = None
+    data_memory_budget: str = "auto"
     results_dir: str = "results"
     run_name: Optional[str] = None
     restart: bool = False

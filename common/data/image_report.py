@@ -12,82 +12,62 @@ IMBALANCE_RATIO = 5.0      # largest / smallest training class: a warning from h
 MAX_LISTED = 5             # files named per problem in the logged summary
 
 
-def _counter(values) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
-def build(scanned, records: list[dict], duplicates: dict,
-            assigned: dict, target: tuple[int, int, int], fractions: dict,
-            cache: dict) -> dict[str, Any]:
+def build(scanned, facts: dict, target: tuple[int, int, int], carving: dict,
+          cache: dict) -> dict[str, Any]:
     """The cleaning report of one image folder (what data_report.json holds).
 
     Args:
         scanned: image_folder.scan()'s result; its `folder`, `layout`,
             `classes`, `files` and `skipped` are read.
-        records: image_cache.decoded()'s records, one per scanned file.
-        duplicates: {"within_class", "across_classes", "across_splits"}:
-            lists of the duplicates found (image_folder's cleaning pass).
-        assigned: {split: {class: [file rel paths]}} for every split of
-            SPLITS; empty dicts where the carving failed.
+        facts: what the preparation pass found (the prepared copy's extra,
+            checked): "unusable" ([{"file", "reason"}]),
+            "extension_mismatch" ([{"file", "format"}]), "images_decoded",
+            "duplicates" ({"within_class", "across_classes",
+            "across_splits"}), "counts" ({split: {class: images}}), "images"
+            ({"sizes", "modes", "formats", "converted"}).
         target: (height, width, channels) of the converted images.
-        fractions: how the splits were carved: {"seed",
+        carving: how the splits were carved: {"seed", "by",
             "validation_fraction", "test_fraction" (None for the split
             layout), "validation_from" ("validation/" or "train")}.
-        cache: image_cache.decoded()'s cache facts ({"hit", "path",
-            "decoded_files", "seconds"}).
+        cache: the prepared copy: {"hit": read as found, "path",
+            "decoded_files" (0 on a hit), "seconds"}.
 
     Returns:
         {"folder", "layout", "classes", "files_found" (image files and
         skipped ones), "images_decoded", "skipped" ([{"file", "reason"}],
-        by file: skipped before decoding or unusable), "extension_mismatch"
-        ([{"file", "format"}]), "duplicates", "counts" ({split: {class:
-        images}}), "totals" ({split: images}), "imbalance" ({"largest",
-        "smallest": [class, training images], "ratio", "strong": ratio >=
-        IMBALANCE_RATIO, "threshold"}), "images" ({"sizes", "modes",
-        "formats": {value: images}, most common first; "converted":
-        {"alpha_flattened", "channels", "resized", "exif_rotated", "any":
-        images}}), "target" ({"height", "width", "channels"}), "carving"
-        (`fractions`), "cache" (`cache`), "summary" (summary())}.
+        by file: skipped before decoding or unusable), "extension_mismatch",
+        "duplicates", "counts" ({split: {class: images}}), "totals" ({split:
+        images}), "imbalance" ({"largest", "smallest": [class, training
+        images], "ratio", "strong": ratio >= IMBALANCE_RATIO, "threshold"}),
+        "images" ({"sizes", "modes", "formats": {value: images}, most common
+        first; "converted": {"alpha_flattened", "channels", "resized",
+        "exif_rotated", "any": images}}), "target" ({"height", "width",
+        "channels"}), "carving" (`carving`), "cache" (`cache`), "summary"
+        (summary())}.
     """
-    decoded = [r for r in records if "reason" not in r]
-    skipped = scanned.skipped + [{"file": r["file"], "reason": r["reason"]}
-                                 for r in records if "reason" in r]
-    counts = {split: {name: len(assigned[split].get(name, [])) for name in scanned.classes}
-              for split in SPLITS}
+    counts = facts["counts"]
     train = counts["train"]
     largest = max(train, key=lambda name: train[name])
     smallest = min(train, key=lambda name: train[name])
     ratio = train[largest] / max(1, train[smallest])
-    kinds = ("alpha_flattened", "channels", "resized", "exif_rotated")
-    converted = {key: sum(bool(r.get(key)) for r in decoded) for key in kinds}
-    converted["any"] = sum(any(r.get(key) for key in kinds) for r in decoded)
     report = {
         "folder": str(scanned.folder),
         "layout": scanned.layout,
         "classes": scanned.classes,
         "files_found": len(scanned.files) + len(scanned.skipped),
-        "images_decoded": len(decoded),
-        "skipped": sorted(skipped, key=lambda s: s["file"]),
-        "extension_mismatch": [{"file": r["file"], "format": r["format"]}
-                               for r in decoded if r.get("extension_mismatch")],
-        "duplicates": duplicates,
+        "images_decoded": facts["images_decoded"],
+        "skipped": sorted(scanned.skipped + facts["unusable"], key=lambda s: s["file"]),
+        "extension_mismatch": facts["extension_mismatch"],
+        "duplicates": facts["duplicates"],
         "counts": counts,
         "totals": {split: sum(counts[split].values()) for split in SPLITS},
         "imbalance": {"largest": [largest, train[largest]],
                       "smallest": [smallest, train[smallest]],
                       "ratio": round(ratio, 3), "strong": ratio >= IMBALANCE_RATIO,
                       "threshold": IMBALANCE_RATIO},
-        "images": {
-            "sizes": _counter(f"{r['height']}x{r['width']}" for r in decoded),
-            "modes": _counter(r["mode"] for r in decoded),
-            "formats": _counter(r["format"] for r in decoded),
-            "converted": converted,
-        },
+        "images": facts["images"],
         "target": {"height": target[0], "width": target[1], "channels": target[2]},
-        "carving": fractions,
+        "carving": carving,
         "cache": cache,
     }
     report["summary"] = summary(report)
@@ -161,7 +141,8 @@ def log_summary(report: dict) -> None:
                                                 for d in duplicates["across_classes"]]))
     if duplicates["across_splits"]:
         logging.warning("Removed from the evaluation splits, also in train: %s", _listed(
-            [f"{d['removed']} (= {d['train_copy']})" for d in duplicates["across_splits"]]))
+            [f"{d['removed']} (= {d.get('train_copy') or d.get('validation_copy')})"
+             for d in duplicates["across_splits"]]))
     imbalance = report["imbalance"]
     if imbalance["strong"]:
         logging.warning("Strong class imbalance: %s has %d training images, %s %d (%.1fx)",
@@ -175,8 +156,8 @@ def log_summary(report: dict) -> None:
                  report["target"]["channels"], converted["alpha_flattened"],
                  converted["channels"], converted["resized"])
     if cache["hit"]:
-        logging.info("Images read from the cache %s in %.2f s (no decoding)",
+        logging.info("Images read from the prepared copy %s (no decoding; checked in %.2f s)",
                      cache["path"], cache["seconds"])
     else:
-        logging.info("Decoded %d files in %.2f s%s", cache["decoded_files"], cache["seconds"],
-                     f"; cached in {cache['path']}" if cache["path"] else "")
+        logging.info("Prepared %d files in %.2f s into %s", cache["decoded_files"],
+                     cache["seconds"], cache["path"])

@@ -12,6 +12,8 @@ shrinking; the aspect ratio is not kept).
 """
 
 import io
+import os
+import stat
 from typing import Optional, Union
 
 import numpy as np
@@ -23,8 +25,105 @@ _EXIF_ORIENTATION = 0x0112
 _GREY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)  # tf.image.rgb_to_grayscale's
 
 
+# The largest image file read (a 50-megapixel 16-bit PNG is about 300 MB
+# decoded, but well under this on disk).
+MAX_FILE_BYTES = 256 * 2**20
+
+
 class Unusable(Exception):
     """A file that cannot be used as an image; the message says why."""
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words.
+
+    Args:
+        mode: st_mode of its stat (links followed).
+
+    Returns:
+        "a FIFO", "a character device", "a block device", "a socket", "a
+        folder" or "not a regular file".
+    """
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the image file at `path`, read only where it is a
+    regular file (a link is followed to what it names) of at most
+    `max_bytes`: a FIFO, a device (a link to /dev/zero) or a socket is
+    refused without reading, so it can neither hang nor fill memory.
+
+    Args:
+        path: the file (str; bytes that are not UTF-8 kept as Python's
+            surrogate escapes).
+        max_bytes: the largest file read.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        Unusable: not a regular file (saying what it is), larger than
+            `max_bytes`, or unreadable (the system's reason).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise Unusable(f"unreadable: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Unusable(f"{file_kind(info.st_mode)}, not a regular file")
+        if info.st_size > max_bytes:
+            raise Unusable(f"{info.st_size:,} bytes, more than the {max_bytes:,} read "
+                           "for one image")
+        try:
+            payload = f.read(max_bytes + 1)
+        except OSError as e:
+            raise Unusable(f"unreadable: {e.strerror}") from None
+    if len(payload) > max_bytes:
+        raise Unusable(f"more than the {max_bytes:,} bytes read for one image")
+    return payload
+
+
+_GREY_MODES = ("L", "LA", "1", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def probe(payload: bytes) -> tuple[int, int, int]:
+    """The size and channel count an image file converts to with
+    convert(channels=0, size=0), read from its header where that says
+    enough (palette images are decoded, since a palette of greys makes a
+    grey image).
+
+    Args:
+        payload: the file's bytes.
+
+    Returns:
+        (height, width, channels): the upright size (EXIF orientation
+        applied for JPEGs) and 1 for grey (with or without alpha) or 3.
+
+    Raises:
+        Unusable: as decode() does for files it cannot open.
+    """
+    fmt = sniff_format(payload)
+    if fmt is None:
+        raise Unusable("not an image (no PNG, JPEG, BMP or GIF signature)")
+    try:
+        with Image.open(io.BytesIO(payload), formats=[fmt]) as opened:
+            mode, (width, height) = opened.mode, opened.size
+            if fmt == "JPEG" and opened.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        why = str(e).split(" <")[0] or type(e).__name__
+        raise Unusable(f"truncated or corrupt {fmt} ({why})") from None
+    if mode in ("P", "PA"):
+        image, _ = decode(payload)
+        return image.shape[0], image.shape[1], 1 if image.shape[-1] in (1, 2) else 3
+    return height, width, 1 if mode in _GREY_MODES else 3
 
 
 def sniff_format(payload: bytes) -> Optional[str]:

@@ -5,9 +5,13 @@ checksums differ), and offline users have exactly such copies, so the files
 are read here: MNIST / Fashion-MNIST IDX (`*-idx?-ubyte[.gz]`) and CIFAR-10's
 binary version (`cifar-10-binary.tar.gz` or its `cifar-10-batches-bin/`).
 
-Each reader returns {"train": (images uint8 [N, H, W, C], labels int64 [N]),
-"test": (...)}; a missing, truncated or inconsistent file is a UserError
-naming the file.
+Each format's `streams` returns {"train": Stream, "test": Stream}: the
+example count and image shape from the files' headers, and a generator that
+reads the images in order, a block at a time (memory does not grow with the
+dataset); common/data/sources.py writes them once into a prepared copy
+(common/data/prepared.py). A missing, truncated or inconsistent file is a
+UserError naming the file, found before the pass (headers, sizes, labels)
+or during it (a file shorter than its header promises).
 """
 
 import dataclasses
@@ -15,7 +19,8 @@ import gzip
 import pathlib
 import struct
 import tarfile
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
+from zlib import error as zlib_error  # a truncated or damaged gzip stream
 
 import numpy as np
 
@@ -23,23 +28,83 @@ from common.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
+class Stream:
+    """One split of original files, read in order without holding it.
+
+    Attributes:
+        count: its examples (from the files' headers or sizes).
+        image_shape: (H, W, C).
+        files: the files it reads (their sizes and times key the prepared
+            copy).
+        examples: a function that returns a generator of (image uint8
+            [H, W, C], label int) in the files' order; it raises UserError
+            naming a file that turns out shorter than promised or holds a
+            label outside the classes.
+    """
+    count: int
+    image_shape: tuple[int, int, int]
+    files: tuple[pathlib.Path, ...]
+    examples: Callable[[], Iterator[tuple[np.ndarray, int]]]
+
+
+@dataclasses.dataclass(frozen=True)
 class LocalFormat:
     """How to find and read one dataset's original files.
 
     Attributes:
-        locate: folder -> the path `read` takes (the folder itself, an
+        locate: folder -> the path `streams` takes (the folder itself, an
             extracted sub-folder or an archive), or None where the files are
             not there; raises UserError where only some of them are.
-        read: that path -> {"train": (images uint8 [N, H, W, C], labels int64
-            [N]), "test": (...)}; raises UserError for a missing, truncated
-            or inconsistent file, naming it.
+        streams: that path -> {"train": Stream, "test": Stream}; raises
+            UserError for a missing, truncated or inconsistent file, naming
+            it.
         num_classes: labels are 0..num_classes-1.
         description: what a user must provide, for error messages.
     """
     locate: Callable[[pathlib.Path], Optional[pathlib.Path]]
-    read: Callable[[pathlib.Path], dict]
+    streams: Callable[[pathlib.Path], dict]
     num_classes: int
     description: str
+
+    def read(self, path: pathlib.Path) -> dict:
+        """The whole of both splits as arrays (for tests and small tools;
+        runs stream them).
+
+        Args:
+            path: what `locate` returned.
+
+        Returns:
+            {"train": (images uint8 [N, H, W, C], labels int64 [N]), "test":
+            (...)}.
+
+        Raises:
+            UserError: as `streams` and their generators do.
+        """
+        arrays = {}
+        for split, stream in self.streams(path).items():
+            pairs = list(stream.examples())
+            images = (np.stack([image for image, _ in pairs]) if pairs
+                      else np.zeros((0,) + stream.image_shape, np.uint8))
+            arrays[split] = (images, np.array([label for _, label in pairs], np.int64))
+        return arrays
+
+
+_BLOCK = 4096              # records read at a time
+
+
+def _open(path: pathlib.Path):
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as e:
+        raise UserError(f"corrupt data file {path}: {e}") from None
+
+
+def _read_exactly(f, size: int, path: pathlib.Path) -> bytes:
+    try:
+        data = f.read(size)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib_error) as e:
+        raise UserError(f"corrupt data file {path}: {e}") from None
+    return data
 
 
 def _read_bytes(path: pathlib.Path) -> bytes:
@@ -48,7 +113,7 @@ def _read_bytes(path: pathlib.Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib_error) as e:
         raise UserError(f"corrupt data file {path}: {e}") from None
 
 
@@ -124,25 +189,60 @@ def _locate_idx(folder: pathlib.Path) -> Optional[pathlib.Path]:
     return folder if present else None
 
 
-def _read_idx_folder(folder: pathlib.Path) -> dict:
-    splits = {}
+def _idx_header(f, path: pathlib.Path, magic: int) -> tuple[int, ...]:
+    """Reads and checks an IDX header from the open file `f`: its shape."""
+    ndim = magic & 0xFF
+    header = _read_exactly(f, 4 + 4 * ndim, path)
+    if len(header) < 4 + 4 * ndim:
+        raise UserError(f"corrupt data file {path}: too short for an IDX header")
+    (found,) = struct.unpack(">I", header[:4])
+    if found != magic:
+        raise UserError(f"corrupt data file {path}: magic number {found:#010x}, "
+                        f"expected {magic:#010x}")
+    return struct.unpack(f">{ndim}I", header[4:])
+
+
+def _idx_images(path: pathlib.Path, labels: np.ndarray
+                ) -> Iterator[tuple[np.ndarray, int]]:
+    """The images of an IDX file with their labels, a block at a time."""
+    with _open(path) as f:
+        count, height, width = _idx_header(f, path, IDX_IMAGES_MAGIC)
+        size = height * width
+        for start in range(0, count, _BLOCK):
+            n = min(_BLOCK, count - start)
+            block = _read_exactly(f, n * size, path)
+            if len(block) != n * size:
+                raise UserError(f"corrupt data file {path}: header promises {count} images "
+                                f"but the file ends after {start + len(block) // size}")
+            images = np.frombuffer(block, np.uint8).reshape(n, height, width, 1)
+            for i in range(n):
+                yield images[i], int(labels[start + i])
+        if _read_exactly(f, 1, path):
+            raise UserError(f"corrupt data file {path}: it holds more than the {count} "
+                            "images its header promises")
+
+
+def _idx_streams(folder: pathlib.Path) -> dict:
+    streams = {}
     for split, (images_name, labels_name) in _IDX_FILES.items():
         images_path, labels_path = _find(folder, images_name), _find(folder, labels_name)
-        images = read_idx(images_path, IDX_IMAGES_MAGIC)
-        labels = read_idx(labels_path, IDX_LABELS_MAGIC)
-        if images.shape[1:] != (28, 28):
+        labels = read_idx(labels_path, IDX_LABELS_MAGIC)  # one byte an example
+        with _open(images_path) as f:
+            count, height, width = _idx_header(f, images_path, IDX_IMAGES_MAGIC)
+        if (height, width) != (28, 28):
             raise UserError(f"corrupt data file {images_path}: images are "
-                            f"{images.shape[1:]}, expected (28, 28)")
-        if len(images) != len(labels):
-            raise UserError(f"{images_path} holds {len(images)} images but "
+                            f"({height}, {width}), expected (28, 28)")
+        if count != len(labels):
+            raise UserError(f"{images_path} holds {count} images but "
                             f"{labels_path} holds {len(labels)} labels")
         _check_labels(labels, 10, str(labels_path))
-        splits[split] = (images[..., np.newaxis], labels.astype(np.int64))
-    return splits
+        streams[split] = Stream(count, (28, 28, 1), (images_path, labels_path),
+                                lambda p=images_path, y=labels: _idx_images(p, y))
+    return streams
 
 
 IDX = LocalFormat(
-    locate=_locate_idx, read=_read_idx_folder, num_classes=10,
+    locate=_locate_idx, streams=_idx_streams, num_classes=10,
     description="the original files (" + ", ".join(f"{n}.gz" for n in _IDX_NAMES) + ")")
 
 
@@ -197,40 +297,67 @@ def parse_cifar10_records(data: bytes, where: str) -> tuple[np.ndarray, np.ndarr
     return np.ascontiguousarray(images), labels
 
 
-def _cifar10_members(path: pathlib.Path) -> dict[str, bytes]:
-    """File name -> bytes, from the extracted folder or the archive."""
+def _cifar10_sizes(path: pathlib.Path) -> dict[str, int]:
+    """File name -> bytes of the wanted members, from the folder or the
+    archive's headers."""
     wanted = {name for names in _CIFAR10_FILES.values() for name in names}
     if path.is_dir():
-        return {name: (path / name).read_bytes() for name in wanted
+        return {name: (path / name).stat().st_size for name in wanted
                 if (path / name).is_file()}
-    members = {}
     try:
         with tarfile.open(path, "r:gz") as archive:
-            for member in archive.getmembers():
-                name = pathlib.PurePosixPath(member.name).name
-                if member.isfile() and name in wanted:
-                    members[name] = archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
+            return {pathlib.PurePosixPath(m.name).name: m.size for m in archive.getmembers()
+                    if m.isfile() and pathlib.PurePosixPath(m.name).name in wanted}
+    except (tarfile.TarError, OSError, EOFError, zlib_error) as e:
         raise UserError(f"corrupt data file {path}: {e}") from None
-    return members
 
 
-def _read_cifar10(path: pathlib.Path) -> dict:
-    members = _cifar10_members(path)
-    splits = {}
-    for split, names in _CIFAR10_FILES.items():
-        parts = []
+def _cifar10_records(path: pathlib.Path, names: tuple[str, ...]
+                     ) -> Iterator[tuple[np.ndarray, int]]:
+    """The records of the named files, in order, a block at a time."""
+    def blocks(f, where):
+        while True:
+            block = _read_exactly(f, _BLOCK * CIFAR10_RECORD, where)
+            if not block:
+                return
+            images, labels = parse_cifar10_records(block, where)
+            for image, label in zip(images, labels):
+                yield image, int(label)
+
+    if path.is_dir():
         for name in names:
-            if name not in members:
+            with _open(path / name) as f:
+                yield from blocks(f, path / name)
+        return
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            members = {pathlib.PurePosixPath(m.name).name: m for m in archive.getmembers()
+                       if m.isfile()}
+            for name in names:
+                with archive.extractfile(members[name]) as f:
+                    yield from blocks(f, pathlib.Path(f"{path}/{name}"))
+    except (tarfile.TarError, OSError, EOFError, zlib_error) as e:
+        raise UserError(f"corrupt data file {path}: {e}") from None
+
+
+def _cifar10_streams(path: pathlib.Path) -> dict:
+    sizes = _cifar10_sizes(path)
+    streams = {}
+    for split, names in _CIFAR10_FILES.items():
+        for name in names:
+            if name not in sizes:
                 raise UserError(f"{path} lacks {name}")
-            parts.append(parse_cifar10_records(members[name], f"{path}/{name}"))
-        splits[split] = (np.concatenate([p[0] for p in parts]),
-                         np.concatenate([p[1] for p in parts]))
-    return splits
+            if not sizes[name] or sizes[name] % CIFAR10_RECORD:
+                raise UserError(f"corrupt data file {path}/{name}: {sizes[name]} bytes is not "
+                                f"a whole number of {CIFAR10_RECORD}-byte records")
+        files = tuple(path / name for name in names) if path.is_dir() else (path,)
+        streams[split] = Stream(sum(sizes[n] for n in names) // CIFAR10_RECORD, (32, 32, 3),
+                                files, lambda n=names: _cifar10_records(path, n))
+    return streams
 
 
 CIFAR10 = LocalFormat(
-    locate=_locate_cifar10, read=_read_cifar10, num_classes=10,
+    locate=_locate_cifar10, streams=_cifar10_streams, num_classes=10,
     description=f"{CIFAR10_ARCHIVE} or its extracted {CIFAR10_FOLDER}/")
 
 # Class names in class-index order (the datasets' own documentation).

@@ -1,101 +1,213 @@
 """From splits to the streams a model reads: training batches, exact
 evaluation batches, and the standard CIFAR augmentation.
 
-Training: cache, shuffle, augment, batch by the global batch, cast to
-float32, prefetch (make_pipeline). Evaluation: every example once, padded
-with zero-weight examples to whole global batches (eval_dataset), which is
-what lets common/training/evaluation.py score exactly on any number of replicas.
+Memory: a split is cached in memory only where it fits the run's memory
+budget (common/data/memory.py), else it streams from disk every epoch
+through a shuffle buffer bounded in bytes (SHUFFLE_BYTES); one line at
+start-up says which and why.
+
+Training (train_stream): this worker's share of the training split,
+[cached,] shuffled, repeated, augmented, batched by the global batch, cast
+to float32, prefetched; an epoch is ceil(examples / batch) steps, so no
+example is skipped (the last batch of a pass is filled from the next one).
+Evaluation (eval_stream): every example of this worker's share once, padded
+with zero-weight examples so that every worker runs the same whole number
+of global batches, which is what lets common/training/evaluation.py score
+exactly on any number of replicas and workers.
+
+Across the workers of a cluster each worker reads only its share of a
+split (common/data/splits.py: by file where there are at least as many
+files as workers, else by element), and tf.data's own auto-sharding is off.
 """
 
+import math
 from typing import Callable, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from common.data.splits import Pipelines, Splits
+from common.data import memory
+from common.data.splits import Pipelines, Split, Splits
 from common.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BYTES = 256 * 2**20    # the most a streaming shuffle buffer holds
+MIN_SHUFFLE_EXAMPLES = 1_000   # ... unless that is fewer examples than this
 
 
 def _to_float(images, labels):
     return tf.cast(images, tf.float32), labels
 
 
-def make_pipeline(ds: tf.data.Dataset, batch_size: int, *, num_examples: int,
-                  seed: Optional[int] = None, augment: Optional[Callable] = None,
-                  deterministic: bool = False) -> tf.data.Dataset:
-    """The training stream: cache, shuffle, augment, batch, cast, prefetch.
+def _options(deterministic: bool, budget: Optional[memory.Budget]) -> tf.data.Options:
+    options = tf.data.Options()
+    # This project shards between workers itself (Split.examples).
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF)
+    options.deterministic = deterministic
+    if budget is not None:
+        # What tf.data's autotuned buffers (prefetch, parallel maps) may hold.
+        options.autotune.ram_budget = max(budget.total, 256 * 2**20)
+    return options
 
-    `batch_size` is the global batch: a distribution strategy splits each
-    batch across its replicas. Batches drop the remainder so every step has
-    the same static shape (what TPUs need). Images stay uint8 until after
-    batching, which keeps the cache small and the cast vectorised. With
-    `deterministic`, parallel maps keep their order, so a seed repeats the
-    stream exactly. (Evaluation splits go through eval_dataset() below.)
 
-    The examples are cached in memory as they are (before augmentation, so
-    `augment` draws anew every epoch), shuffled with a buffer of
-    max(1, min(num_examples, 60,000)) examples and reshuffled on every
-    iteration. The stream is not repeated: one iteration is one epoch. Across a
-    cluster's workers tf.data shards it by element (AutoShardPolicy.DATA).
+def shuffle_buffer(split: Split, examples: int, in_memory: bool) -> int:
+    """The training shuffle buffer, in examples: the whole share where it is
+    in memory, else as many as SHUFFLE_BYTES hold (at least
+    MIN_SHUFFLE_EXAMPLES, at most the share).
 
     Args:
-        ds: unbatched (image uint8 [H, W, C], label int64 []) examples.
+        split: the training split.
+        examples: this worker's examples.
+        in_memory: whether the share is cached in memory.
+
+    Returns:
+        The buffer's size, at least 1.
+    """
+    if in_memory:
+        return max(1, examples)
+    return max(1, min(examples, max(MIN_SHUFFLE_EXAMPLES, SHUFFLE_BYTES // split.example_bytes)))
+
+
+def train_stream(split: Split, batch_size: int, *, in_memory: bool, num_workers: int = 1,
+                 worker_index: int = 0, seed: Optional[int] = None,
+                 augment: Optional[Callable] = None, deterministic: bool = False,
+                 budget: Optional[memory.Budget] = None) -> tf.data.Dataset:
+    """The training stream of this worker: its share of `split`, [cached,]
+    shuffled, repeated, augmented, batched, cast, prefetched.
+
+    `batch_size` is the global batch: a distribution strategy splits each
+    batch across its replicas (and, in a cluster, each worker takes
+    batch_size / num_workers of its own stream per step). Images stay uint8
+    until after batching, which keeps the cache small and the cast
+    vectorised. The shuffle draws from a buffer of shuffle_buffer()
+    examples, reshuffled every pass (and the order of the files read is
+    reshuffled every pass too). With `deterministic`, parallel reads and maps
+    keep their order, so a seed repeats the stream exactly. The stream never
+    ends: Keras is given steps_per_epoch.
+
+    Args:
+        split: the training split.
         batch_size: the global batch, in examples.
-        num_examples: how many examples `ds` holds (sizes the shuffle buffer).
-        seed: the shuffle's seed; None: TensorFlow's global seed decides (a
-            random order where none is set).
+        in_memory: cache this worker's share in memory after the first pass.
+        num_workers: the cluster's workers (1 without a cluster).
+        worker_index: this worker's index.
+        seed: the shuffle's seed; None: TensorFlow's global seed decides.
         augment: (image, label) -> (image, label), mapped over single
             examples before batching, or None.
-        deterministic: parallel maps keep their order (tf.data.Options
-            .deterministic); off, they hand over whichever element is ready.
+        deterministic: parallel reads and maps keep their order.
+        budget: the memory budget (bounds tf.data's autotuned buffers), or
+            None.
 
     Returns:
         tf.data.Dataset of (images float32 [B, H, W, C], labels int64 [B]),
-        B = batch_size, num_examples // batch_size batches per iteration;
-        pixels keep their 0..255 values (not rescaled).
+        B = batch_size, repeated without end; pixels keep their 0..255
+        values (not rescaled).
     """
-    ds = ds.cache()
-    ds = ds.shuffle(max(1, min(num_examples, 60_000)), seed=seed,
-                    reshuffle_each_iteration=True)
+    examples = split.share_size(num_workers, worker_index)
+    read = dict(shuffle_files=True, seed=seed, deterministic=deterministic)
+    records = None if augment is not None else split.records(num_workers, worker_index, **read)
+    ds = records if records is not None else split.examples(num_workers, worker_index, **read)
+    if in_memory:
+        ds = ds.cache()
+    ds = ds.shuffle(shuffle_buffer(split, examples, in_memory), seed=seed,
+                    reshuffle_each_iteration=True).repeat()
     if augment is not None:
-        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
-    # Across the workers of a cluster, shard by element (DATA): it works for
-    # every source here, in-memory arrays and TFDS splits alike, where FILE
-    # sharding would need at least one file per worker (MNIST's TFDS train
-    # split is one file, and the validation split is a slice of it).
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    # Training order is random anyway: unless asked to repeat exactly, let
-    # parallel maps hand over whichever element is ready first.
-    options.deterministic = deterministic
-    return ds.with_options(options).prefetch(AUTOTUNE)
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE,
+                  deterministic=deterministic)
+    if records is not None:  # parsed a batch at a time
+        ds = ds.map(lambda batch: _to_float(*split.parse_batch(batch)[:2]),
+                    num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    else:
+        ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.with_options(_options(deterministic, budget)).prefetch(AUTOTUNE)
 
 
-def pipelines(splits: Splits, batch_size: int, *, num_workers: int = 1, seed: int = 0,
-              augment: Optional[Callable] = None, deterministic: bool = False) -> Pipelines:
-    """Checks the split sizes against the global batch and builds the
-    streams; raises UserError for an empty split or a training split smaller
-    than one global batch.
+def make_pipeline(split: Split, batch_size: int, *, seed: Optional[int] = None,
+                  augment: Optional[Callable] = None, deterministic: bool = False,
+                  in_memory: bool = True) -> tf.data.Dataset:
+    """One pass of the training stream (the whole split on one worker):
+    ceil(examples / batch_size) batches of train_stream(). For tools and
+    tests; runs use train_stream() with Keras' steps_per_epoch.
+
+    Args:
+        split: the training split.
+        batch_size: the global batch.
+        seed: the shuffle's seed.
+        augment: as train_stream's.
+        deterministic: as train_stream's.
+        in_memory: as train_stream's.
+
+    Returns:
+        tf.data.Dataset of ceil(split.num_examples / batch_size) batches
+        (images float32 [B, H, W, C], labels int64 [B]).
+    """
+    return train_stream(split, batch_size, in_memory=in_memory, seed=seed, augment=augment,
+                        deterministic=deterministic).take(
+        steps_per_epoch(split.num_examples, batch_size))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Training steps in one epoch: ceil(num_examples / batch_size), so an
+    epoch covers every example once (the repeated stream fills the last
+    batch from the next pass).
+
+    Args:
+        num_examples: the training split's examples (all workers').
+        batch_size: the global batch.
+
+    Returns:
+        At least 1.
+    """
+    return max(1, math.ceil(num_examples / batch_size))
+
+
+def _decide(splits: Splits, budget: memory.Budget, num_workers: int, worker_index: int,
+            batch_size: int) -> dict[str, bool]:
+    """Which splits this worker caches in memory, logged in one line."""
+    in_memory, parts = {}, []
+    for name in ("train", "validation", "test"):
+        split: Split = getattr(splits, name)
+        examples = split.share_size(num_workers, worker_index)
+        size = examples * split.example_bytes
+        in_memory[name] = budget.take(size)
+        if not in_memory[name] and name == "train":
+            budget.take(shuffle_buffer(split, examples, False) * split.example_bytes)
+        how = ("in memory" if in_memory[name] else
+               f"streamed from {split.num_files()} file(s)")
+        parts.append(f"{name} {examples:,} examples ({memory.human(size)}) {how}")
+    share = (f"; worker {worker_index + 1} of {num_workers} reads its share "
+             f"({'by file' if splits.train.by_file(num_workers) else 'by element'})"
+             if num_workers > 1 else "")
+    logging.info("Data %s: %s; memory budget %s: %s%s", splits.train.where, "; ".join(parts),
+                 memory.human(budget.total), budget.how, share)
+    return in_memory
+
+
+def pipelines(splits: Splits, batch_size: int, *, num_workers: int = 1, worker_index: int = 0,
+              seed: int = 0, augment: Optional[Callable] = None, deterministic: bool = False,
+              budget: Optional[memory.Budget] = None) -> Pipelines:
+    """Checks the split sizes against the global batch, decides what is
+    cached in memory and builds the streams; raises UserError for an empty
+    split or a training split smaller than one global batch.
 
     Args:
         splits: the loaded dataset (common/data/sources.py's load()).
         batch_size: the global batch, in examples.
-        num_workers: the cluster's workers (1 without a cluster); the
-            evaluation streams are padded to a multiple of batch_size *
-            num_workers examples (eval_dataset()).
+        num_workers: the cluster's workers (1 without a cluster).
+        worker_index: this worker's index.
         seed: the training stream's shuffle seed.
         augment: (image, label) -> (image, label) for training examples, or
             None.
         deterministic: the training stream repeats exactly for a seed.
+        budget: the memory budget; None: memory.budget("auto").
 
     Returns:
-        Pipelines: `train` from make_pipeline(), `validation` and `test` from
-        eval_dataset(), and steps_per_epoch = num_train // batch_size.
+        Pipelines: `train` from train_stream(), `validation` and `test` from
+        eval_stream(), steps_per_epoch = ceil(num_train / batch_size), and
+        which splits are in memory.
 
     Raises:
         UserError: the training split holds fewer examples than batch_size,
@@ -109,14 +221,19 @@ def pipelines(splits: Splits, batch_size: int, *, num_workers: int = 1, seed: in
                         "validation_fraction")
     if splits.num_test < 1:
         raise UserError(f"the test split of {splits.source} is empty")
-    train = make_pipeline(splits.train, batch_size, num_examples=splits.num_train, seed=seed,
-                          augment=augment, deterministic=deterministic)
+    budget = budget if budget is not None else memory.budget()
+    in_memory = _decide(splits, budget, num_workers, worker_index, batch_size)
+    train = train_stream(splits.train, batch_size, in_memory=in_memory["train"],
+                         num_workers=num_workers, worker_index=worker_index, seed=seed,
+                         augment=augment, deterministic=deterministic, budget=budget)
     return Pipelines(
         splits=splits, train=train,
-        validation=eval_dataset(splits.validation, splits.num_validation,
-                                           batch_size, num_workers),
-        test=eval_dataset(splits.test, splits.num_test, batch_size, num_workers),
-        steps_per_epoch=splits.num_train // batch_size)
+        validation=eval_stream(splits.validation, batch_size, num_workers, worker_index,
+                               in_memory=in_memory["validation"], budget=budget),
+        test=eval_stream(splits.test, batch_size, num_workers, worker_index,
+                         in_memory=in_memory["test"], budget=budget),
+        steps_per_epoch=steps_per_epoch(splits.num_train, batch_size),
+        in_memory=in_memory)
 
 
 def pad_crop_flip(image: tf.Tensor, label: tf.Tensor, pad: int = 4):
@@ -143,69 +260,96 @@ def pad_crop_flip(image: tf.Tensor, label: tf.Tensor, pad: int = 4):
     return tf.image.random_flip_left_right(image), label
 
 
-def eval_dataset(split: tf.data.Dataset, num_examples: int, global_batch: int,
-                 num_workers: int = 1) -> tf.data.Dataset:
+def eval_stream(split: Split, global_batch: int, num_workers: int = 1,
+                worker_index: int = 0, *, in_memory: bool = False,
+                budget: Optional[memory.Budget] = None) -> tf.data.Dataset:
     """(images float32 [B, H, W, C], labels int64 [B], weights float32 [B])
-    batches of exactly `global_batch`: the split's examples with weight 1,
-    then zero-weight padding up to a multiple of global_batch * num_workers.
+    batches of exactly `global_batch`: this worker's share of the split with
+    weight 1, then zero-weight padding, so that every worker's stream holds
+    the same whole number of global batches.
 
-    The padding examples are all-zero images with label 0; an empty split
-    gets one whole multiple of them. Every example comes once, in the
-    split's order (the stream is cached and deterministic), and across a
-    cluster's workers tf.data shards it by element (AutoShardPolicy.DATA).
-    A weighted metric over the batches is thus exact on any number of
-    replicas (common/training/evaluation.py).
+    The padding examples are all-zero images with label 0; with K the most
+    global batches any worker's share needs (at least 1), each worker pads
+    its share to K * global_batch examples. Every example of the split thus
+    comes once, on exactly one worker, and a weighted metric over the
+    batches is exact on any number of replicas and workers
+    (common/training/evaluation.py). In a cluster each worker takes
+    global_batch / num_workers of its stream per step, so all of them step
+    K * num_workers times.
 
     Args:
-        split: unbatched (image uint8 [H, W, C], label int64 []) examples.
-        num_examples: how many examples `split` holds.
+        split: the split.
         global_batch: the global batch, in examples.
         num_workers: the cluster's workers (at least 1 is used).
+        worker_index: this worker's index.
+        in_memory: cache the padded stream in memory after its first pass.
+        budget: the memory budget (bounds tf.data's buffers), or None.
 
     Returns:
-        tf.data.Dataset of (images float32 [B, H, W, C], labels [B] of the
-        split's label dtype, weights float32 [B]), B = global_batch; the
-        batch count is a multiple of num_workers.
+        tf.data.Dataset of (images float32 [B, H, W, C], labels int64 [B],
+        weights float32 [B]), B = global_batch, K batches.
     """
-    multiple = global_batch * max(1, num_workers)
-    pad = (-num_examples) % multiple
-    if num_examples == 0:
-        pad = multiple
-    weighted = split.map(lambda x, y: (x, y, tf.constant(1.0)))
+    num_workers = max(1, num_workers)
+    shares = [split.share_size(num_workers, w) for w in range(num_workers)]
+    batches = max(1, max(math.ceil(n / global_batch) for n in shares))
+    pad = batches * global_batch - shares[worker_index]
+    records = split.records(num_workers, worker_index)
+    if records is not None:  # parsed a batch at a time; the filler's index is -1
+        if pad:
+            records = records.concatenate(
+                tf.data.Dataset.from_tensors(split.filler()).repeat(pad))
+        if in_memory:
+            records = records.cache()
+
+        def parse(batch):
+            images, labels, indices = split.parse_batch(batch)
+            return (tf.cast(images, tf.float32), labels,
+                    tf.cast(indices >= 0, tf.float32))
+
+        ds = records.batch(global_batch, drop_remainder=True).map(
+            parse, num_parallel_calls=AUTOTUNE)
+        return ds.with_options(_options(True, budget)).prefetch(AUTOTUNE)
+    weighted = split.examples(num_workers, worker_index).map(
+        lambda x, y: (x, y, tf.constant(1.0)))
     if pad:
-        image_spec, label_spec = split.element_spec
         filler = tf.data.Dataset.from_tensors(
-            (tf.zeros(image_spec.shape, image_spec.dtype),
-             tf.zeros(label_spec.shape, label_spec.dtype), tf.constant(0.0))).repeat(pad)
+            (tf.zeros(split.image_shape, tf.uint8), tf.zeros([], tf.int64),
+             tf.constant(0.0))).repeat(pad)
         weighted = weighted.concatenate(filler)
-    ds = weighted.cache().batch(global_batch, drop_remainder=True)
+    if in_memory:
+        weighted = weighted.cache()
+    ds = weighted.batch(global_batch, drop_remainder=True)
     ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=AUTOTUNE)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return ds.with_options(_options(True, budget)).prefetch(AUTOTUNE)
 
 
-def split_arrays(split: tf.data.Dataset, limit: Optional[int] = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """A split as NumPy arrays (images uint8 [N, H, W, C], labels int64 [N]).
+def batches(split: Split, batch_size: int = 256):
+    """The whole split in batches of NumPy arrays, in order: what the TFLite
+    and SavedModel scorers read (memory holds one batch).
 
     Args:
-        split: unbatched (image uint8 [H, W, C], label) examples.
-        limit: read only the first `limit` examples; None or 0: all.
+        split: the split.
+        batch_size: examples per batch.
+
+    Yields:
+        (images uint8 [b, H, W, C], labels int64 [b]), b <= batch_size.
+    """
+    for images, labels in split.dataset().batch(batch_size).prefetch(1):
+        yield images.numpy(), labels.numpy().astype(np.int64)
+
+
+def first_image(split: Split) -> np.ndarray:
+    """The split's first image, uint8 [H, W, C] (for latency measurements).
+
+    Args:
+        split: the split (not empty).
 
     Returns:
-        (images [N, H, W, C] of the split's image dtype, uint8 for every
-        source here; labels int64 [N]), in the split's order; with no
-        examples, uint8 [0, H, W, C] and int64 [0].
+        uint8 [H, W, C].
+
+    Raises:
+        UserError: the split is empty.
     """
-    ds = split.take(limit) if limit else split
-    images, labels = [], []
-    for image, label in ds.batch(1024):
-        images.append(image.numpy())
-        labels.append(label.numpy())
-    if not images:
-        shape = tuple(split.element_spec[0].shape)
-        return np.zeros((0,) + shape, np.uint8), np.zeros((0,), np.int64)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    for image, _ in split.dataset().take(1):
+        return image.numpy()
+    raise UserError(f"the {split.name} split is empty")

@@ -1,8 +1,13 @@
 """Where a dataset comes from: TFDS, the datasets' original files, image folders.
 
 `load()` returns the train / validation / test splits (common/data/splits.py)
-as unbatched datasets of (image uint8 [H, W, C], label int64);
-common/data/pipeline.py turns them into the streams a model trains on.
+as readers of (image uint8 [H, W, C], label int64) examples that stream from
+disk; common/data/pipeline.py turns them into the streams a model trains on
+and decides which are cached in memory. Local sources (image folders, the
+original files) are written once into a prepared copy of TFRecord shards
+(common/data/prepared.py) that every later run reads; TFDS splits are read
+from TFDS' own files (shuffled files, TFDS' read configuration, no automatic
+in-memory cache).
 
 Where data comes from, in order:
   0. `--dataset=image_folder`: the folder `--data_dir` of class folders of
@@ -23,6 +28,9 @@ training examples; an image folder carves it per class instead
 (common/data/image_folder.py).
 """
 
+import hashlib
+import itertools
+import os
 import pathlib
 import socket
 from typing import Optional
@@ -30,8 +38,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from common.data import image_folder, local_files
-from common.data.splits import Splits
+from common.data import image_folder, local_files, prepared
+from common.data.splits import Split, Splits
 from common.errors import UserError
 
 # Where Debian's dataset-* packages put the original files.
@@ -51,22 +59,61 @@ def _carve_validation(num_examples: int, fraction: float) -> int:
 
 
 def _load_local(name: str, folder: pathlib.Path, validation_fraction: float) -> Splits:
+    """The original files in `folder`, prepared once into a copy of shards:
+    train's last validation_fraction becomes the validation split."""
     fmt = local_files.LOCAL_FORMATS[name]
-    arrays = fmt.read(folder)
-    x_train, y_train = arrays["train"]
-    x_test, y_test = arrays["test"]
-    num_val = _carve_validation(len(x_train), validation_fraction)
-    cut = len(x_train) - num_val
+    streams = fmt.streams(folder)
+    train, test = streams["train"], streams["test"]
+    num_val = _carve_validation(train.count, validation_fraction)
+    cut = train.count - num_val
+    files = sorted({f for stream in streams.values() for f in stream.files})
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = prepared.key_of({"dataset": name, "files": stats, "cut": cut,
+                           "shape": list(train.image_shape)})
+    family = f"{name}-{hashlib.sha256(os.fsencode(str(folder.resolve()))).hexdigest()[:12]}"
+    pixels = int(np.prod(train.image_shape))
+    sizes = {"train": cut, "validation": num_val, "test": test.count}
 
-    def to_ds(x, y):
-        return tf.data.Dataset.from_tensor_slices((x, y))
+    def write(writer: prepared.Writer):
+        counts = {split: prepared.shard_count(n, pixels) for split, n in sizes.items()}
+        done = {(split, k): writer.done(split, k, counts[split])
+                for split in sizes for k in range(counts[split])}
+        prepared.say_resumed(writer, len(done), f"{family}-{key}")
+        progress = prepared.Progress(train.count + test.count, name)
+        sources = {"train": train.examples(), "test": test.examples()}
+        index = 0
+        for split, first_index in (("train", 0), ("validation", cut), ("test", train.count)):
+            examples = sources["test" if split == "test" else "train"]
+            index = first_index
+            for k in range(counts[split]):
+                n = (k + 1) * sizes[split] // counts[split] - k * sizes[split] // counts[split]
+                block = itertools.islice(examples, n)
+                if done[(split, k)] is not None:
+                    for _ in block:  # already written: read past it
+                        pass
+                else:
+                    writer.shard(split, k, counts[split], (
+                        (index + j, label, image) for j, (image, label) in enumerate(block)))
+                index += n
+                progress.add(n)
+        for split, examples in sources.items():
+            if next(examples, None) is not None:
+                raise UserError(f"the {split} files of {folder} hold more examples than "
+                                "their headers say")
+        return counts, {}, {}
 
+    copy = prepared.prepare(family, key, train.image_shape, write,
+                            what=f"{name}'s original files in {folder}")
+    for split, n in sizes.items():
+        if copy.splits[split].num_examples != n:
+            raise UserError(f"the prepared copy {copy.folder} holds "
+                            f"{copy.splits[split].num_examples} {split} examples, "
+                            f"{n} expected; delete it and run again")
+    readers = prepared.splits_of(copy)
     return Splits(
-        train=to_ds(x_train[:cut], y_train[:cut]),
-        validation=to_ds(x_train[cut:], y_train[cut:]),
-        test=to_ds(x_test, y_test),
-        num_train=cut, num_validation=num_val, num_test=len(x_test),
-        image_shape=tuple(x_train.shape[1:]), num_classes=fmt.num_classes,
+        train=readers["train"], validation=readers["validation"], test=readers["test"],
+        num_train=cut, num_validation=num_val, num_test=test.count,
+        image_shape=tuple(train.image_shape), num_classes=fmt.num_classes,
         source=str(folder), class_names=local_files.CLASS_NAMES[name])
 
 
@@ -99,6 +146,110 @@ def _count(ds: tf.data.Dataset) -> int:
     return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
 
 
+class TfdsSplit(Split):
+    """A split of a prepared TFDS dataset, read by TFDS (its files
+    interleaved, shuffled for training, TFDS' automatic in-memory cache off).
+
+    Between workers: by example range (tfds.even_splits, which reads only
+    the files that hold the worker's range) where TFDS knows the split's
+    files and there are at least as many as workers; else by element.
+
+    Args:
+        builder: the TFDS builder.
+        spec: the split, as TFDS reads it ("train[:90%]").
+        name: train, validation or test.
+        count: its examples.
+        image_shape: (H, W, C).
+    """
+
+    def __init__(self, builder, spec: str, name: str, count: int, image_shape):
+        self.builder, self.spec, self.name = builder, spec, name
+        self.num_examples = count
+        self.image_shape = tuple(image_shape)
+        self.where = f"TFDS {builder.name} {spec}"
+
+    def num_files(self) -> int:
+        """The TFDS files the split reads.
+
+        Returns:
+            The distinct files of TFDS' file instructions for the split; 1
+            where TFDS does not say (mock data).
+        """
+        try:
+            return max(1, len({f.filename for f in
+                               self.builder.info.splits[self.spec].file_instructions}))
+        except Exception:  # mock data, or a TFDS without file instructions
+            return 1
+
+    def _ranges(self, num_workers: int):
+        import tensorflow_datasets as tfds
+        try:
+            specs = tfds.even_splits(self.spec, n=num_workers)
+            counts = [self.builder.info.splits[s].num_examples for s in specs]
+        except Exception:
+            return None
+        return (specs, counts) if sum(counts) == self.num_examples else None
+
+    def by_file(self, num_workers: int) -> bool:
+        """Whether workers read separate ranges of files (see the class).
+
+        Args:
+            num_workers: the cluster's workers.
+
+        Returns:
+            True where there are at least as many files as workers and TFDS
+            knows each worker's range's count.
+        """
+        return super().by_file(num_workers) and self._ranges(num_workers) is not None
+
+    def share_size(self, num_workers: int, index: int) -> int:
+        """Examples worker `index` of `num_workers` reads.
+
+        Args:
+            num_workers: the cluster's workers.
+            index: this worker's index.
+
+        Returns:
+            Its range's examples (tfds.even_splits), or every
+            num_workers-th example's count.
+        """
+        if num_workers <= 1:
+            return self.num_examples
+        if self.by_file(num_workers):
+            return self._ranges(num_workers)[1][index]
+        return self.element_share(self.num_examples, num_workers, index)
+
+    def examples(self, num_workers: int = 1, index: int = 0, *, shuffle_files: bool = False,
+                 seed: Optional[int] = None, deterministic: bool = True) -> tf.data.Dataset:
+        """Worker `index`'s share, read by TFDS (see Split.examples).
+
+        Args:
+            num_workers: the cluster's workers.
+            index: this worker's index.
+            shuffle_files: TFDS' file shuffling (reshuffled every
+                iteration), interleaving 4 files.
+            seed: TFDS' shuffle seed.
+            deterministic: TFDS' reads and the label cast keep their order.
+
+        Returns:
+            tf.data.Dataset of (image uint8 [H, W, C], label int64 []).
+        """
+        import tensorflow_datasets as tfds
+        spec = self.spec
+        by_file = num_workers > 1 and self.by_file(num_workers)
+        if by_file:
+            spec = self._ranges(num_workers)[0][index]
+        config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False,
+                                 interleave_cycle_length=4 if shuffle_files else 1)
+        config.options.deterministic = deterministic
+        ds = self.builder.as_dataset(split=spec, as_supervised=True,
+                                     shuffle_files=shuffle_files, read_config=config)
+        if num_workers > 1 and not by_file:
+            ds = ds.shard(num_workers, index)
+        return ds.map(lambda image, label: (image, tf.cast(label, tf.int64)),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+
 def _tfds_splits(name: str, data_dir: Optional[str], validation_fraction: float,
                  download: bool) -> Splits:
     import tensorflow_datasets as tfds
@@ -112,15 +263,22 @@ def _tfds_splits(name: str, data_dir: Optional[str], validation_fraction: float,
         raise UserError(f"TFDS has no dataset named {name!r}") from None
     if download:
         builder.download_and_prepare()
-    train, validation, test = builder.as_dataset(
-        split=[f"train[:{percent}%]", f"train[{percent}%:]", "test"],
-        as_supervised=True, shuffle_files=False)
     label = builder.info.features["label"]
     image = builder.info.features["image"]
+    specs = {"train": f"train[:{percent}%]", "validation": f"train[{percent}%:]",
+             "test": "test"}
+    readers = {}
+    for split, spec in specs.items():
+        try:
+            count = builder.info.splits[spec].num_examples
+        except Exception:  # mock data: count what as_dataset gives
+            count = _count(builder.as_dataset(split=spec, as_supervised=True))
+        readers[split] = TfdsSplit(builder, spec, split, count, image.shape)
     return Splits(
-        train=train, validation=validation, test=test,
-        num_train=_count(train), num_validation=_count(validation),
-        num_test=_count(test), image_shape=tuple(image.shape),
+        train=readers["train"], validation=readers["validation"], test=readers["test"],
+        num_train=readers["train"].num_examples,
+        num_validation=readers["validation"].num_examples,
+        num_test=readers["test"].num_examples, image_shape=tuple(image.shape),
         num_classes=label.num_classes, source="tfds", class_names=tuple(label.names))
 
 

@@ -33,7 +33,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -272,23 +272,24 @@ def export_after_training(run_dir: pathlib.Path, entry: dict, class_names: Seque
     return outcome
 
 
-def saved_model_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray,
-                       batch_size: int = 256) -> dict:
+def saved_model_scores(path: pathlib.Path,
+                       batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Loss and accuracy through a SavedModel's serving_default signature
     (uint8 images in, "probabilities" out).
 
     Args:
         path: the SavedModel folder.
-        images: uint8 [N, H, W, C], raw pixels at the model's input size.
-        labels: int [N], class indices.
-        batch_size: examples per call of the signature.
+        batches: (images uint8 [b, H, W, C] raw pixels at the model's input
+            size, labels int [b]) batches, one call of the signature each
+            (e.g. data.pipeline.batches()).
 
     Returns:
         {"loss": mean cross-entropy (float64 math), "accuracy": top-1
         fraction, "examples": N}; loss and accuracy are NaN when N is 0.
     """
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    outputs = [serve(tf.constant(images[i:i + batch_size]))["probabilities"].numpy()
-               for i in range(0, len(images), batch_size)]
-    probabilities = np.concatenate(outputs) if outputs else np.zeros((0, 1))
-    return evaluation.scores_from_probabilities(probabilities, labels)
+    scores = evaluation.RunningScores()
+    for images, labels in batches:
+        if len(images):
+            scores.add(serve(tf.constant(images))["probabilities"].numpy(), labels)
+    return scores.result()

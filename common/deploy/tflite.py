@@ -12,7 +12,7 @@ import io
 import pathlib
 import statistics
 import time
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -173,14 +173,16 @@ class TFLiteClassifier:
         return logits
 
 
-def tflite_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> dict:
+def tflite_scores(path: pathlib.Path, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+                  ) -> dict:
     """Loss and top-1 accuracy of the TFLite model (logits out), one
     example at a time through the interpreter (one thread, XNNPACK).
 
     Args:
         path: the .tflite file.
-        images: uint8 [N, H, W, C], raw pixels at the model's input size.
-        labels: int [N], class indices.
+        batches: (images uint8 [b, H, W, C] raw pixels at the model's input
+            size, labels int [b]) batches, e.g. data.pipeline.batches(); one
+            is held at a time.
 
     Returns:
         {"loss": mean cross-entropy of the logits (float64 math),
@@ -188,9 +190,12 @@ def tflite_scores(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) ->
         NaN when N is 0.
     """
     classifier = TFLiteClassifier(path)
-    logits = np.stack([classifier.invoke(classifier.prepare(image.astype(np.float32)))
-                       for image in images]) if len(images) else np.zeros((0, 1))
-    return evaluation.scores_from_probabilities(logits, labels, from_logits=True)
+    scores = evaluation.RunningScores(from_logits=True)
+    for images, labels in batches:
+        if len(images):
+            scores.add(np.stack([classifier.invoke(classifier.prepare(image.astype(np.float32)))
+                                 for image in images]), labels)
+    return scores.result()
 
 
 def tflite_weight_sparsity(path: pathlib.Path) -> Optional[float]:

@@ -177,6 +177,27 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return max(1, sum(len(spec.get(job, [])) for job in CLUSTER_JOBS))
 
 
+def worker_index(strategy: tf.distribute.Strategy) -> int:
+    """This worker's place among the cluster's input pipelines: the chief 0
+    and worker i i + 1 where the cluster has a chief, else worker i i (how
+    tf.distribute numbers them); 0 outside a cluster.
+
+    Args:
+        strategy: the run's strategy.
+
+    Returns:
+        0..num_workers(strategy) - 1.
+    """
+    if num_workers(strategy) <= 1:
+        return 0
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict()
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    if task_type == "chief":
+        return 0
+    return task_id + (1 if spec.get("chief") else 0)
+
+
 def check_cluster_options(options) -> None:
     """Checks, before any work, what a cluster of several workers needs.
 

@@ -6,6 +6,7 @@ from typing import Any
 from absl import logging
 import tensorflow as tf
 
+import experiments
 from common.config.options import RunOptions
 from common.data import pipeline
 from common.deploy import serving, tflite
@@ -45,23 +46,21 @@ def run(experiment, options: RunOptions, config: dict,
     dataset = options.dataset or trained["hparams"].get("dataset", config["dataset"])
     data_dir = options.data_dir or (trained.get("data") or {}).get("data_dir")
     splits = load_data({**config, **trained["hparams"], "dataset": dataset}, data_dir)
-    test_ds = pipeline.eval_dataset(splits.test, splits.num_test, config["batch_size"])
-    images, labels = None, None
+    test_ds = pipeline.eval_stream(splits.test, config["batch_size"])
     scores = {}
     for entry in saved.declared_models(run_dir):
         if entry["format"] in ("keras", "h5"):
             with strategy.scope():
                 model = saved.load_entry(run_dir, entry,
-                                         scope=getattr(experiment, "load_scope", None))
+                                         scope=experiments.hook(experiment, "load_scope"))
             scores[entry["name"]] = evaluation.Evaluator(model, strategy)(test_ds)
             continue
-        if images is None:
-            images, labels = pipeline.split_arrays(splits.test)
         path = files.inside(run_dir, entry["path"], f"model {entry['name']!r}")
         if entry["format"] == "tflite":
-            scores[entry["name"]] = tflite.tflite_scores(path, images, labels)
+            scores[entry["name"]] = tflite.tflite_scores(path, pipeline.batches(splits.test))
         else:
-            scores[entry["name"]] = serving.saved_model_scores(path, images, labels)
+            scores[entry["name"]] = serving.saved_model_scores(path,
+                                                               pipeline.batches(splits.test))
     payload = {"run": options.run_name, "dataset": dataset,
                "num_test_examples": splits.num_test, "models": scores,
                "recorded_test_accuracy": recorded.get("test_accuracy")}

@@ -5,6 +5,7 @@ from typing import Any
 
 import tensorflow as tf
 
+import experiments
 from common.config.options import RunOptions
 from common.deploy import serving
 from common.errors import UserError
@@ -53,7 +54,7 @@ def run(experiment, options: RunOptions, config: dict,
             raise UserError(f"run {run_dir} declares no Keras model to export")
         entry = next((e for e in entries if e.get("name") == "model"), entries[0])
         model = saved.load_entry(run_dir, entry, compile=False,
-                                 scope=getattr(experiment, "load_scope", None))
+                                 scope=experiments.hook(experiment, "load_scope"))
         image_shape = run_config.get("image_shape") or list(model.input_shape[1:])
         names = serving.class_names_of(run_config, int(model.output_shape[-1]))
         outcome = serving.export_model(run_dir, model, names, image_shape)

@@ -6,6 +6,7 @@ from typing import Any
 from absl import logging
 import tensorflow as tf
 
+import experiments
 from common.config.options import RunOptions
 from common.data.splits import check_class_names
 from common.deploy import predict, serving
@@ -45,7 +46,7 @@ def run(experiment, options: RunOptions, config: dict,
         else run_dir / predict.PREDICTIONS_FILE
     predict.check_output(output)  # before any work
     paths = predict.find_images(options.inputs)
-    classifier = predict.Classifier(run_dir, scope=getattr(experiment, "load_scope", None))
+    classifier = predict.Classifier(run_dir, scope=experiments.hook(experiment, "load_scope"))
     names = _labels(run_dir, classifier)
     if options.top_k > classifier.num_classes:
         raise UserError(f"--top_k={options.top_k} is more than the model's "

@@ -82,6 +82,45 @@ class Evaluator:
         return {"loss": loss / count, "accuracy": correct / count, "examples": count}
 
 
+class RunningScores:
+    """Loss and accuracy summed batch by batch (memory holds one batch):
+    what scores_from_probabilities() gives over all the batches at once.
+
+    Args:
+        from_logits: whether the outputs added are logits (else
+            probabilities).
+    """
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = from_logits
+        self.loss_sum, self.correct, self.count = 0.0, 0, 0
+
+    def add(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        """Adds one batch.
+
+        Args:
+            outputs: [b, classes] probabilities or logits.
+            labels: int class indices, [b].
+        """
+        scores = scores_from_probabilities(outputs, labels, self.from_logits)
+        if scores["examples"]:
+            self.loss_sum += scores["loss"] * scores["examples"]
+            self.correct += int(round(scores["accuracy"] * scores["examples"]))
+            self.count += scores["examples"]
+
+    def result(self) -> dict:
+        """The scores over every batch added.
+
+        Returns:
+            {"loss": mean cross-entropy, "accuracy": top-1 fraction,
+            "examples"}; loss and accuracy NaN when there were none.
+        """
+        if self.count == 0:
+            return {"loss": math.nan, "accuracy": math.nan, "examples": 0}
+        return {"loss": self.loss_sum / self.count, "accuracy": self.correct / self.count,
+                "examples": self.count}
+
+
 def scores_from_probabilities(probabilities: np.ndarray, labels: np.ndarray,
                               from_logits: bool = False) -> dict:
     """Loss (cross-entropy) and accuracy of [N, classes] outputs against labels.

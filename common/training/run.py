@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras
 
 from common.config.options import RunOptions, SweepTrial
-from common.data import pipeline, sources
+from common.data import memory, pipeline, sources
 from common.data.splits import Pipelines, Splits
 from common.distribute import clusters, strategy as strategy_lib
 from common.runs import files, saved
@@ -71,12 +71,14 @@ def data_identity(config: dict, options: RunOptions, splits: Splits) -> dict:
         splits: the loaded data (its source and, for image folders, layout).
 
     Returns:
-        {"dataset", "data_dir" (absolute, or None), "source"[, "layout"]}.
+        {"dataset", "data_dir" (absolute, or None), "source"[, "layout",
+        "file_set" (an image folder's files: data.image_folder.file_set())]}.
     """
     data_dir = (str(pathlib.Path(options.data_dir).expanduser().resolve())
                 if options.data_dir else None)
     return {"dataset": config["dataset"], "data_dir": data_dir, "source": splits.source,
-            **({"layout": splits.report["layout"]} if splits.report else {})}
+            **({"layout": splits.report["layout"]} if splits.report else {}),
+            **({"file_set": splits.file_set} if splits.file_set else {})}
 
 
 def load_data(config: dict, data_dir: Optional[str]) -> Splits:
@@ -141,8 +143,10 @@ def _train(experiment, options: RunOptions, config: dict, strategy: tf.distribut
     augment = _hook(experiment, "augment")
     pipes = pipeline.pipelines(
         splits, config["batch_size"], num_workers=clusters.num_workers(strategy),
-        seed=options.seed, deterministic=config["deterministic"],
-        augment=functools.partial(_augment, augment, config) if augment else None)
+        worker_index=clusters.worker_index(strategy), seed=options.seed,
+        deterministic=config["deterministic"],
+        augment=functools.partial(_augment, augment, config) if augment else None,
+        budget=memory.budget(options.data_memory_budget))
     stage_run = stage_runner.StageRunner(
         stages=stages, config=config, strategy=strategy, steps_per_epoch=pipes.steps_per_epoch,
         global_batch=config["batch_size"],
@@ -194,8 +198,8 @@ def _build_model(experiment, config, splits, warm_start: Optional[str]) -> tf_ke
 
 def _fit(train_ds, verbose: int, model, context: stage_lib.StageContext, callbacks) -> None:
     model.fit(train_ds, initial_epoch=context.first_epoch,
-              epochs=context.first_epoch + context.epochs, steps_per_epoch=None,
-              callbacks=callbacks, verbose=verbose)
+              epochs=context.first_epoch + context.epochs,
+              steps_per_epoch=context.steps_per_epoch, callbacks=callbacks, verbose=verbose)
 
 
 def _finish(experiment, folder: RunFolder, stage_run, outcome, pipes: Pipelines, records,

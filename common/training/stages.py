@@ -29,6 +29,7 @@ from typing import Callable, ContextManager, Optional
 import tensorflow as tf
 import tf_keras
 
+from common.data.splits import Split
 from common.errors import UserError
 
 KEEP_FORMS = ("weights", "model", "h5")
@@ -193,10 +194,11 @@ class FinishContext:
         config: the run's hyperparameters.
         strategy: the strategy the final model was built under.
         write_dir: the folder the process writes to.
-        test_split: the test split, unbatched (image uint8 [H, W, C],
-            label int64 []).
+        test_split: the test split, a data.splits.Split reader of (image
+            uint8 [H, W, C], label int64 []) examples (data.pipeline.batches()
+            reads it a batch at a time).
         test_dataset: the test split as evaluation batches
-            (data.pipeline.eval_dataset).
+            (data.pipeline.eval_stream).
         model: the final model.
         stage_models: {stage name: a loader of that stage's final model}
             (stage_runner.stage_models): fresh copies from disk, but the
@@ -205,7 +207,7 @@ class FinishContext:
     config: dict
     strategy: tf.distribute.Strategy
     write_dir: pathlib.Path
-    test_split: tf.data.Dataset
+    test_split: Split
     test_dataset: tf.data.Dataset
     model: tf_keras.Model
     stage_models: dict

@@ -112,7 +112,6 @@ def finish(context: FinishContext) -> dict:
     integer_io = model_dir / "pqat_int8_integer_io.tflite"
     integer_io.write_bytes(tflite_lib.to_tflite(keras_models["pqat"], quantize=True,
                                             integer_io=True))
-    images, labels = pipeline.split_arrays(context.test_split)
     rows = []
     for name, model in keras_models.items():
         scores = evaluation.Evaluator(model, context.strategy)(context.test_dataset)
@@ -122,14 +121,14 @@ def finish(context: FinishContext) -> dict:
                      "sparsity": compression.kernel_sparsity(model), **sizes,
                      "latency_us": None})
     files = {**tflite, "int8_integer_io": integer_io}
-    example = images[0].astype("float32")
+    example = pipeline.first_image(context.test_split).astype("float32")
     latency = tflite_lib.latency_us(files, example, invocations=config["latency_invocations"],
                                 rounds=config["latency_rounds"])
     builtin = tflite_lib.latency_us(files, example, xnnpack=False,
                                 invocations=config["latency_invocations"],
                                 rounds=config["latency_rounds"])
     for name, path in tflite.items():
-        scores = tflite_lib.tflite_scores(path, images, labels)
+        scores = tflite_lib.tflite_scores(path, pipeline.batches(context.test_split))
         rows.append({"name": name, "format": "tflite", "test_accuracy": scores["accuracy"],
                      "test_loss": scores["loss"], "num_test_examples": scores["examples"],
                      "sparsity": tflite_lib.tflite_weight_sparsity(path),
