@@ -1,13 +1,16 @@
 """Fixture files in the datasets' original formats, written by the tests."""
 
+import contextlib
 import csv
 import gzip
 import io
+import os
 import pathlib
 import signal
 import struct
 import subprocess
 import tarfile
+import threading
 import time
 from typing import Callable
 
@@ -116,3 +119,110 @@ def split_arrays(split) -> tuple[np.ndarray, np.ndarray]:
         images.append(batch_images.numpy())
         labels.append(batch_labels.numpy())
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+CGROUP_MEMORY = pathlib.Path("/sys/fs/cgroup/memory")
+
+
+def memory_cgroup_reason() -> str:
+    """Why a process cannot be put in a memory cgroup here ("" where it can):
+    cgroup v1's memory controller and root are needed."""
+    if os.geteuid() != 0:
+        return "memory cgroups need root"
+    if not (CGROUP_MEMORY / "cgroup.procs").is_file():
+        return f"no cgroup v1 memory controller at {CGROUP_MEMORY}"
+    return ""
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit_bytes: int):
+    """A new cgroup v1 memory group limited to `limit_bytes` (no swap);
+    yields its folder; removed afterwards (its processes must have ended)."""
+    reason = memory_cgroup_reason()
+    if reason:
+        raise RuntimeError(reason)
+    group = CGROUP_MEMORY / f"keras-experiments-{os.getpid()}-{time.monotonic_ns()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        swap = group / "memory.memsw.limit_in_bytes"
+        if swap.exists():
+            swap.write_text(str(limit_bytes))
+        yield group
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def run_measured(args: list, group: pathlib.Path = None, timeout: float = 1800,
+                 **popen) -> dict:
+    """Runs `args` to its end (inside the memory cgroup `group` if given,
+    joined before exec) and returns {"returncode", "peak_rss_bytes" (the
+    child's, from wait4), "oom_kills" (the group's, where one was given),
+    "stdout", "stderr", "seconds"}."""
+    def join():
+        if group is not None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    start = time.perf_counter()
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=join, **popen)
+    output = {}
+
+    def drain(name, stream):
+        output[name] = stream.read()
+
+    readers = [threading.Thread(target=drain, args=(n, s))
+               for n, s in (("stdout", process.stdout), ("stderr", process.stderr))]
+    for reader in readers:
+        reader.start()
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
+    oom = None
+    if group is not None:
+        control = (group / "memory.oom_control").read_text()
+        oom = int(next((line.split()[1] for line in control.splitlines()
+                        if line.startswith("oom_kill ")), "0"))
+    return {"returncode": process.returncode, "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "oom_kills": oom, "stdout": output["stdout"].decode(errors="replace"),
+            "stderr": output["stderr"].decode(errors="replace"),
+            "seconds": time.perf_counter() - start}
+
+
+def tinted_folder(root: pathlib.Path, count: int, size: int = 192, quality: int = 85,
+                  images: np.ndarray = None, labels: np.ndarray = None) -> pathlib.Path:
+    """`count` images as RGB JPEG files (quality `quality`) in ten class
+    folders: 28x28 grey images (Fashion-MNIST's where given, else learnable
+    ones) upscaled to size x size and tinted by class. Reused where a
+    complete folder of that count is there already (a marker file says so)."""
+    from PIL import Image
+    marker = root / f".complete-{count}-{size}-{quality}"
+    if marker.exists():
+        return root
+    if images is None:
+        labels = np.arange(count) % 10
+        images = learnable_images(labels, seed=11)
+    tints = np.array([[1.0, 0.4, 0.4], [0.4, 1.0, 0.4], [0.4, 0.4, 1.0], [1.0, 1.0, 0.4],
+                      [1.0, 0.4, 1.0], [0.4, 1.0, 1.0], [1.0, 0.7, 0.4], [0.7, 0.4, 1.0],
+                      [0.4, 0.7, 1.0], [0.8, 0.8, 0.8]])
+    for i in range(count):
+        label = int(labels[i % len(labels)])
+        grey = Image.fromarray(images[i % len(images)].reshape(28, 28)).resize(
+            (size, size), Image.Resampling.BILINEAR)
+        rgb = np.asarray(grey, np.float32)[..., None] * tints[label]
+        path = root / f"class_{label}" / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb.astype(np.uint8)).save(path, quality=quality)
+    marker.write_text("")
+    return root

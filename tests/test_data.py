@@ -1,12 +1,13 @@
 import dataclasses
 import gzip
+import pathlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common.data import pipeline, sources
+from common.data import memory, pipeline, sources
 from common.errors import UserError
 from tests.fixtures import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx_dataset
 
@@ -206,3 +207,70 @@ def test_split_sizes_are_checked_before_any_work(tmp_path):
     empty = dataclasses.replace(splits, num_test=0)
     with pytest.raises(UserError, match="test split .* is empty"):
         pipeline.pipelines(empty, 16)
+
+
+def test_two_workers_each_read_only_their_shards(tmp_path):
+    """Worker 0's streams read to their end with worker 1's shards gone: it
+    reads its own files and no other, about half of the bytes."""
+    folder = write_idx_dataset(tmp_path, num_train=400, num_test=100)
+    splits = sources.load("mnist", data_dir=str(folder))
+    total = {name: getattr(splits, name).share_bytes(1, 0) for name in ("train", "test")}
+    mine = {name: getattr(splits, name).share_bytes(2, 0) for name in ("train", "test")}
+    for name in ("train", "test"):
+        assert 0.45 < mine[name] / total[name] < 0.55
+    for name in ("train", "validation", "test"):
+        split = getattr(splits, name)
+        assert split.by_file(2)
+        for shard in split.split.shards[1::2]:  # worker 1's
+            pathlib.Path(shard.path).rename(shard.path + ".away")
+    for name in ("train", "validation", "test"):
+        split = getattr(splits, name)
+        read = sum(len(r.numpy()) + 16 for r in split.records(2, 0))  # TFRecord framing
+        assert read == split.share_bytes(2, 0)
+        assert sum(1 for _ in split.examples(2, 0)) == split.share_size(2, 0)
+        with pytest.raises(tf.errors.NotFoundError):  # worker 1's files are gone
+            list(split.records(2, 1))
+    batches = pipeline.eval_stream(splits.test, 16, 2, 0)
+    assert sum(float(w.numpy().sum()) for _, _, w in batches) == splits.test.share_size(2, 0)
+
+
+class TinyDigits(tfds.core.GeneratorBasedBuilder):
+    """A real TFDS dataset, prepared offline into 4 TFRecord files a split."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 1)),
+            "label": tfds.features.ClassLabel(num_classes=3)}),
+            supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 300),
+                "test": self._generate_examples(1, 60)}
+
+    def _generate_examples(self, seed, count):
+        rng = np.random.default_rng(seed)
+        for i in range(count):
+            yield i, {"image": rng.integers(0, 255, (8, 8, 1), np.uint8), "label": i % 3}
+
+
+def test_a_prepared_tfds_dataset_streams_and_workers_read_their_files(tmp_path):
+    TinyDigits(data_dir=str(tmp_path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=4))
+    splits = sources.load("tiny_digits", data_dir=str(tmp_path))
+    assert splits.source == "tfds"
+    assert (splits.num_train, splits.num_validation, splits.num_test) == (270, 30, 60)
+    assert splits.train.num_files() == 4 and splits.train.by_file(2)
+    assert splits.train.share_size(2, 0) + splits.train.share_size(2, 1) == 270
+    for streamed in (False, True):
+        budget = memory.Budget(0 if streamed else 10**9, "test")
+        pipes = pipeline.pipelines(splits, 30, budget=budget)
+        assert all(pipes.in_memory.values()) != streamed
+        x, y = next(iter(pipes.train))
+        assert x.shape == (30, 8, 8, 1) and y.dtype == tf.int64
+    # Exact evaluation over two workers reading separate files.
+    images = []
+    for worker in (0, 1):
+        for x, _, w in pipeline.eval_stream(splits.test, 8, 2, worker):
+            images += _pixels(x.numpy()[w.numpy() == 1].astype(np.uint8))
+    assert sorted(images) == sorted(_pixels(_arrays(splits.test)[0]))

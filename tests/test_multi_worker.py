@@ -58,8 +58,14 @@ def test_two_workers_train_one_run_with_identical_weights(tmp_path, idx_dir):
     assert not list(run_dir.rglob("workertemp_*"))
     assert [p.relative_to(run_dir) for p in run_dir.rglob("metrics.json")] == [
         pathlib.Path("metrics.json")]
-    # Each worker saw its share of the global batch: 400 * 0.9 // 32 steps.
     assert len(metrics["history"]) == 2
+    # Each worker read its own shards, about half of the bytes, and the test
+    # split was still scored exactly once over both.
+    shares = dict(re.findall(r"\[worker (\d)\] .*worker \d of 2 reads .* \((\d+)%; by file\)",
+                             result.stdout))
+    assert set(shares) == {"0", "1"} and all(45 <= int(v) <= 55 for v in shares.values()), (
+        shares)
+    assert metrics["num_test_examples"] == 100
 
 
 

@@ -362,3 +362,23 @@ def test_a_run_folder_whose_config_cannot_be_written_is_released(tmp_path, monke
     # Not left locked by this process: another claim can take the folder.
     lock = Lock(tmp_path / "mnist_lenet" / "r", "run").acquire()
     lock.release()
+
+
+def test_a_resume_under_another_strategy_replica_count_or_seed_is_refused(tmp_path):
+    from common.runs import folder
+    how = {"strategy": "DefaultStrategy", "num_replicas": 1, "seed": 0}
+    path, _, lock = folder.claim_run_dir(tmp_path, "mix", {"a": 1}, {"d": 1}, how=how)
+    files.write_json_atomic(path / "config.json", {
+        "hparams": {"a": 1}, "data": {"d": 1}, "strategy": "DefaultStrategy",
+        "num_replicas": 1, "flags": {"seed": 0}})
+    lock.release()
+    for change, named in (({"strategy": "MirroredStrategy", "num_replicas": 2},
+                           "strategy 'DefaultStrategy', num_replicas 1; this command has "
+                           "strategy 'MirroredStrategy', num_replicas 2"),
+                          ({"seed": 3}, "seed 0; this command has seed 3")):
+        with pytest.raises(UserError) as error:
+            folder.claim_run_dir(tmp_path, "mix", {"a": 1}, {"d": 1}, how={**how, **change})
+        assert named in str(error.value) and "\n" not in str(error.value)
+    _, resuming, lock = folder.claim_run_dir(tmp_path, "mix", {"a": 1}, {"d": 1}, how=how)
+    assert resuming
+    lock.release()

@@ -689,9 +689,12 @@ def describe_change(before: Any, now: dict) -> str:
     """
     if before == now:
         return ""
+    if not isinstance(now, dict):
+        return "the run read an image folder; this command reads other data"
     old = before.get("classes") if isinstance(before, dict) else None
     if not isinstance(old, dict):
-        return "the image files changed"
+        return "the run did not record its image files" if before is None else (
+            "the image files changed")
     parts = []
     for name in sorted(set(old) | set(now["classes"])):
         was = old.get(name)
@@ -709,7 +712,8 @@ def describe_change(before: Any, now: dict) -> str:
             parts.append(f"files changed in {name!r}")
     listed = ", ".join(parts[:5]) + (f", ... ({len(parts) - 5} more)" if len(parts) > 5 else "")
     total = before.get("files")
-    return f"{listed or 'the image files changed'} ({now['files']} image files, was {total})"
+    return (f"{listed or 'the image files changed'} ({now['files']} image files, was "
+            f"{total if isinstance(total, int) else 'unknown'})")
 
 
 # ---------------------------------------------------------------------------

@@ -178,9 +178,13 @@ def _decide(splits: Splits, budget: memory.Budget, num_workers: int, worker_inde
         how = ("in memory" if in_memory[name] else
                f"streamed from {split.num_files()} file(s)")
         parts.append(f"{name} {examples:,} examples ({memory.human(size)}) {how}")
-    share = (f"; worker {worker_index + 1} of {num_workers} reads its share "
-             f"({'by file' if splits.train.by_file(num_workers) else 'by element'})"
-             if num_workers > 1 else "")
+    share = ""
+    if num_workers > 1:
+        mine = sum(getattr(splits, n).share_bytes(num_workers, worker_index) for n in in_memory)
+        whole = sum(getattr(splits, n).share_bytes(1, 0) for n in in_memory)
+        share = (f"; worker {worker_index + 1} of {num_workers} reads {memory.human(mine)} of "
+                 f"the {memory.human(whole)} ({mine / max(1, whole):.0%}; "
+                 f"{'by file' if splits.train.by_file(num_workers) else 'by element'})")
     logging.info("Data %s: %s; memory budget %s: %s%s", splits.train.where, "; ".join(parts),
                  memory.human(budget.total), budget.how, share)
     return in_memory

@@ -471,17 +471,20 @@ def _unusable(folder: pathlib.Path, reason: str) -> None:
 
 def _remove_older(root: pathlib.Path, family: str, keep: str) -> None:
     """Deletes other copies of the same source and settings that no process
-    reads (their lock free)."""
+    reads (their lock free), and their abandoned partial folders (their
+    preparation lock free)."""
     for old in root.glob(f"{family}-*"):
-        if old.name in (keep, keep + ".lock") or old.suffix in (".lock", ".partial"):
+        if old.name.startswith(keep) or old.suffix == ".lock":
             continue
         if not old.is_dir() or old.is_symlink():
             continue
-        lock = _Lock(old.with_name(old.name + ".lock"))
+        name = old.name[:-len(".partial")] if old.suffix == ".partial" else old.name
+        lock = _Lock(root / (f"{name}.prepare.lock" if old.suffix == ".partial"
+                             else f"{name}.lock"))
         try:
             if lock.acquire(wait=False):
                 shutil.rmtree(old, ignore_errors=True)
-                old.with_name(old.name + ".lock").unlink(missing_ok=True)
+                lock.path.unlink(missing_ok=True)
         except OSError:
             pass
         finally:

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from common.config.options import RunOptions, SweepTrial
+from common.data import image_folder
 from common.distribute import strategy as strategy_lib
 from common.errors import RunFailed, UserError
 from common.runs import files
@@ -30,7 +31,8 @@ STATUSES = ("completed", "stopped_early", "failed")
 
 def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
                   hparams: dict, data: dict,
-                  restart: bool = False) -> tuple[pathlib.Path, bool, Lock]:
+                  restart: bool = False,
+                  how: Optional[dict] = None) -> tuple[pathlib.Path, bool, Lock]:
     """Returns (run folder under `parent`, resuming, its lock, held by the caller).
 
     Without `run_name` a fresh timestamped folder is created. With it, an
@@ -50,6 +52,9 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
             "data" must equal them key by key.
         restart: empty a named, unfinished run that has a config.json (all
             but its lock, even a damaged config.json) and start it over.
+        how: how the run is made beyond its hyperparameters and data:
+            {"strategy", "num_replicas", "seed"}; a resumed run's config.json
+            ("strategy", "num_replicas", flags' "seed") must say the same.
 
     Returns:
         (run_dir, resuming, lock): the run folder (pathlib.Path), whether an
@@ -59,8 +64,9 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
     Raises:
         UserError: the run already finished (runs are never overwritten);
             its config.json is damaged and `restart` is not set; it was
-            started with other hyperparameters or data; another process
-            holds its lock; or the folder cannot be created.
+            started with other hyperparameters or data, or under another
+            strategy, replica count or seed; another process holds its lock;
+            or the folder cannot be created.
     """
     parent = pathlib.Path(parent)
     try:
@@ -107,11 +113,35 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
             raise UserError(f"run {path} was started with different hyperparameters "
                             f"({', '.join(differs)}); resume it with the same ones, "
                             "or choose another --run_name")
-        differs = _differences(previous.get("data"), data)
+        before = previous.get("data")
+        if isinstance(before, dict) and ("file_set" in before or "file_set" in data):
+            change = image_folder.describe_change(before.get("file_set"),
+                                                  data.get("file_set"))
+            if change:
+                raise UserError(f"run {path} was started on other files: the image folder "
+                                f"changed since ({change}); a resumed run must see the same "
+                                "files, or its splits change (restore them, or choose another "
+                                "--run_name)")
+            before = {k: v for k, v in before.items() if k != "file_set"}
+            data = {k: v for k, v in data.items() if k != "file_set"}
+        differs = _differences(before, data)
         if differs:
             raise UserError(f"run {path} was started on other data ({', '.join(differs)}: "
                             f"{previous.get('data')}); resume it with the same "
                             "--dataset and --data_dir, or choose another --run_name")
+        if how:
+            made = {"strategy": previous.get("strategy"),
+                    "num_replicas": previous.get("num_replicas"),
+                    "seed": (previous.get("flags") or {}).get("seed")
+                    if isinstance(previous.get("flags"), dict) else None}
+            differs = [k for k in how if made.get(k) is not None and made[k] != how[k]]
+            if differs:
+                was = ", ".join(f"{k} {made[k]!r}" for k in differs)
+                now = ", ".join(f"{k} {how[k]!r}" for k in differs)
+                raise UserError(f"run {path} was started with {was}; this command has {now}: "
+                                "a resumed run must be made the same way throughout (its "
+                                "records would disagree); resume it with the same --strategy, "
+                                "--num_cpu_devices and --seed, or choose another --run_name")
         return path, True, lock
     except BaseException:
         lock.release()
@@ -246,8 +276,9 @@ class RunFolder:
                          "this worker keeps its temporary files in %s", index, write_dir)
             return cls(experiment, options, config, strategy, data, run_dir, write_dir,
                        started_at=time.perf_counter(), trial=trial)
-        run_dir, resuming, lock = claim_run_dir(parent, run_name, config, data,
-                                                restart=restart)
+        run_dir, resuming, lock = claim_run_dir(
+            parent, run_name, config, data, restart=restart,
+            how={"strategy": label, "num_replicas": replicas, "seed": options.seed})
         folder = cls(experiment, options, config, strategy, data, run_dir, run_dir,
                      resuming, lock, time.perf_counter(), trial)
         if trial is not None:  # the sweep is what resumes
