@@ -15,6 +15,7 @@ import gzip
 import json
 import pathlib
 import shutil
+import os
 import subprocess
 import sys
 from typing import Optional
@@ -493,3 +494,54 @@ def test_serving_benchmark_smoke(pqat_run, tmp_path):
             samples["keras"][0] / samples["tflite_float"][0])  # one round
         assert f"serving: {name}: batch 1: keras" in result.stdout
         assert f"serving: {name}: batch 8: keras" in result.stdout
+
+
+CALL_WITH_SHAPES = """
+import sys
+import numpy as np
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+for shape in [(28, 28, 1), (1, 14, 14, 1), (1, 28, 28, 3), (3, 28, 28, 1)]:
+    try:
+        out = serve(images=tf.constant(np.zeros(shape, np.uint8)))
+        print(shape, "ok", tuple(out["probabilities"].shape), flush=True)
+    except tf.errors.InvalidArgumentError as e:
+        print(shape, "refused:", "images must be uint8 [N, 28, 28, 1]" in str(e), flush=True)
+"""
+
+
+def test_the_serving_signature_refuses_an_unbatched_image_instead_of_aborting(tmp_path):
+    """tensorflow/serving#2104's kind: an image without its batch axis
+    reached oneDNN's convolution and aborted the process (SIGABRT). In a
+    fresh process with oneDNN on (the default), it is an error naming the
+    expected shape, and the process carries on."""
+    import tf_keras
+    model = tf_keras.Sequential([tf_keras.layers.Input((28, 28, 1)),
+                                 tf_keras.layers.Conv2D(4, 3), tf_keras.layers.Flatten(),
+                                 tf_keras.layers.Dense(10)])
+    serving.write_saved_model(model, (28, 28, 1), tmp_path / "saved_model")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    result = subprocess.run([sys.executable, "-c", CALL_WITH_SHAPES,
+                             str(tmp_path / "saved_model")], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        "(28, 28, 1) refused: True", "(1, 14, 14, 1) refused: True",
+        "(1, 28, 28, 3) refused: True", "(3, 28, 28, 1) ok (3, 10)"]
+
+
+def test_predict_writes_a_name_that_is_not_utf8_escaped(lenet_run, tmp_path, capsys):
+    images, _ = test_images(lenet_run, 2)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(tf.io.encode_png(images[0][..., None]).numpy())
+    latin1 = folder / os.fsdecode(b"r\xe9sum\xe9.png")
+    latin1.write_bytes(tf.io.encode_png(images[1][..., None]).numpy())
+    output = tmp_path / "out.csv"
+    payload = predict(lenet_run, folder, output=str(output))
+    assert payload["skipped"] == 0
+    assert sorted(pathlib.PurePath(r["file"]).name for r in payload["predictions"]) == [
+        "ok.png", "r\\xe9sum\\xe9.png"]
+    text = output.read_bytes().decode("utf-8")  # the CSV is UTF-8
+    assert "r\\xe9sum\\xe9.png," in text and "ok.png," in text
+    assert "2 predicted, 0 skipped" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Hyperparameters: specs with valid ranges, overrides, one-line errors."""
 
+import json
 import math
 
 import pytest
@@ -111,3 +112,22 @@ def test_a_dashed_dataset_name_is_one_line_before_any_folder(tmp_path):
         "name is lower-case words joined by underscores; without a download: mnist, "
         "fashion_mnist, cifar10, image_folder")
     assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, value, valid", [
+    ("epochs", 123456789012345678901234567890, "expected int >= 0 and <= 100000"),
+    ("batch_size", 2**40, "expected int >= 1 and <= 1048576"),
+    ("early_stopping_patience", 2**31, "expected int >= 0 and <= 2147483647")])
+def test_integers_too_large_for_tensorflow_are_refused_before_any_folder(
+        tmp_path, name, value, valid):
+    import experiments
+    from common.config import resolve
+    from common.config.options import RunOptions
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"hparams": {name: value}}))
+    with pytest.raises(UserError) as error:
+        resolve.resolve_config(experiments.get("mnist_lenet"), RunOptions(
+            experiment="mnist_lenet", hparams_file=str(path),
+            results_dir=str(tmp_path / "results")))
+    assert f"bad value {value} for hyperparameter '{name}': {valid}" == str(error.value)
+    assert not (tmp_path / "results").exists()

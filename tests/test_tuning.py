@@ -90,12 +90,16 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     assert {"learning_rate", "batch_size", "dropout", "optimizer", "epochs"} <= sessions[0][1]
     on_disk = json.loads((sweep_dir / "best_hparams.json").read_text())
     assert on_disk == best
-    assert set(best["hparams"]) == {"learning_rate", "batch_size", "dropout", "epochs"}
+    # The sweep's one epoch is its budget, not a finding: the file says what
+    # the trial trained, and the command trains the experiment's epochs.
+    assert set(best["hparams"]) == {"learning_rate", "batch_size", "dropout"}
+    assert best["found_at_epochs"] == 1
+    assert best["epochs"] == hparams.defaults(get_config())["epochs"] == 5
     assert best["objective"]["value"] == pytest.approx(max(scores.values()))
     assert best["trials_completed"] == 3
     assert best["train_it_with"].endswith(f"--data_dir={tmp_path / 'tfds'} --results_dir="
                                           f"{tmp_path / 'results'} --hparams_file="
-                                          f"{sweep_dir / 'best_hparams.json'}")
+                                          f"{sweep_dir / 'best_hparams.json'} --epochs=5")
     # The first trial is the experiment's defaults: the baseline to beat.
     first = json.loads((trials[0] / "config.json").read_text())["hparams"]
     defaults = hparams.defaults(get_config())

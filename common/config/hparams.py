@@ -26,6 +26,10 @@ from common.errors import UserError
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _TYPES = (bool, int, float, str)
+# Every integer hyperparameter is bounded: at most what a TensorFlow int32
+# holds (epochs, steps and sizes become int32 tensors), where its spec sets
+# no lower upper bound.
+INT_MAX = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +66,14 @@ class HParam:
         """The hyperparameter's type: the default's (bool, int, float or str)."""
         return type(self.default)
 
+    @property
+    def upper(self) -> Optional[float]:
+        """The `le` bound in force: the spec's, or INT_MAX for an int
+        hyperparameter without `le` or `lt`."""
+        if self.kind is int and self.le is None and self.lt is None and self.choices is None:
+            return INT_MAX
+        return self.le
+
     def valid(self) -> str:
         """What is valid, in words, for error messages.
 
@@ -72,7 +84,7 @@ class HParam:
         if self.choices is not None:
             return "one of: " + ", ".join(str(c) for c in self.choices)
         bounds = [f"{op} {_number(v)}" for op, v in
-                  ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                  ((">=", self.ge), (">", self.gt), ("<=", self.upper), ("<", self.lt))
                   if v is not None]
         return f"{self.kind.__name__}" + (" " + " and ".join(bounds) if bounds else "")
 
@@ -102,7 +114,7 @@ class HParam:
             raise UserError(f"bad value {value!r} for hyperparameter {name!r}: "
                             f"expected {self.valid()}")
         for bound, holds in ((self.ge, lambda b: value >= b), (self.gt, lambda b: value > b),
-                             (self.le, lambda b: value <= b), (self.lt, lambda b: value < b)):
+                             (self.upper, lambda b: value <= b), (self.lt, lambda b: value < b)):
             if bound is not None and not holds(bound):
                 raise UserError(f"bad value {value!r} for hyperparameter {name!r}: "
                                 f"expected {self.valid()}")
@@ -126,8 +138,8 @@ SHARED: dict[str, HParam] = {
                          "0: their own size, which they must share"),
     "image_channels": HParam(0, choices=(0, 1, 3), help="image_folder: 1 grey, 3 RGB; "
                              "0: grey if every image is grey, else RGB"),
-    "batch_size": HParam(64, ge=1, help="global batch, split across replicas"),
-    "epochs": HParam(10, ge=0, help="single-stage experiments: epochs to train; "
+    "batch_size": HParam(64, ge=1, le=2**20, help="global batch, split across replicas"),
+    "epochs": HParam(10, ge=0, le=100_000, help="single-stage experiments: epochs to train; "
                      "multi-stage ones: 0 keeps each stage's own, N runs N in every "
                      "training stage"),
     "learning_rate": HParam(1e-3, gt=0, help="single-stage experiments' rate"),
@@ -137,7 +149,7 @@ SHARED: dict[str, HParam] = {
                           help="per stage, over that stage's steps"),
     "early_stopping_patience": HParam(0, ge=0, help="epochs without a better "
                                       "val_loss before a stage stops; 0: off"),
-    "steps_per_execution": HParam(1, ge=1, help="training steps per call into the graph"),
+    "steps_per_execution": HParam(1, ge=1, le=100_000, help="training steps per call into the graph"),
     "jit_compile": HParam(False, help="XLA for the train step"),
     "mixed_precision": HParam("float32", choices=choices.PRECISIONS),
     "deterministic": HParam(False, help="TensorFlow op determinism and a "

@@ -81,24 +81,11 @@ from common.errors import UserError
 
 DATASET = "image_folder"
 EXTENSIONS = images.EXTENSIONS
+display = images.display
 SPLIT_SEED = 0             # salt of the hash that sets each file's split
 CACHE_ENV = prepared.CACHE_ENV
 # Flags of a file's record (what converting it did).
 _ALPHA, _CHANNELS, _RESIZED, _EXIF, _MISMATCH = 1, 2, 4, 8, 16
-
-
-def display(name: str) -> str:
-    """A file or folder name as reports, logs and class names write it: the
-    bytes that are not valid UTF-8 (kept by Python as surrogate escapes) as
-    \\xNN.
-
-    Args:
-        name: a name as os.listdir returns it.
-
-    Returns:
-        The name with every undecodable byte written \\xNN.
-    """
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclasses.dataclass(frozen=True)

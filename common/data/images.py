@@ -34,6 +34,21 @@ class Unusable(Exception):
     """A file that cannot be used as an image; the message says why."""
 
 
+def display(name: str) -> str:
+    """A file or folder name as reports, logs, CSV files and class names
+    write it: the bytes that are not valid UTF-8 (kept by Python as
+    surrogate escapes, e.g. Latin-1's \\xe9) as \\xNN.
+
+    Args:
+        name: a name or path as os.listdir or pathlib gives it.
+
+    Returns:
+        The name with every undecodable byte written \\xNN; valid UTF-8
+        unchanged.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def file_kind(mode: int) -> str:
     """What a file that is not a regular file is, in words.
 

@@ -34,7 +34,8 @@ class Prediction:
     """One row of --mode=predict's output.
 
     Attributes:
-        file: the image file's path, as a string.
+        file: the image file's path, as a string; bytes of its name that are
+            not UTF-8 written \\xNN (images.display()).
         top: the top classes as (class name, probability) pairs, best first;
             probabilities are softmax outputs in 0..1. Empty if skipped.
         note: the conversions made ("; "-separated, e.g. "resized 640x480 to
@@ -243,7 +244,7 @@ def predict_files(classifier: Classifier, class_names: Sequence[str],
         probabilities = classifier.probabilities(batch)
         for (index, _, notes), row in zip(pending, probabilities):
             best = np.argsort(-row, kind="stable")[:top_k]
-            rows[index] = Prediction(str(paths[index]),
+            rows[index] = Prediction(image_io.display(str(paths[index])),
                                      [(class_names[c], float(row[c])) for c in best],
                                      "; ".join(notes))
         pending.clear()
@@ -252,7 +253,8 @@ def predict_files(classifier: Classifier, class_names: Sequence[str],
         try:
             image, notes = load_image(path, classifier.image_shape)
         except image_io.Unusable as e:
-            rows[index] = Prediction(str(path), [], f"skipped: {e}")
+            rows[index] = Prediction(image_io.display(str(path)), [],
+                                     image_io.display(f"skipped: {e}"))
             continue
         pending.append((index, image, notes))
         if len(pending) == batch_size:

@@ -60,8 +60,10 @@ class ServingModule(tf.Module):
     """The serving signature around a Keras model that takes float32 raw
     pixels and returns logits.
 
-    `serve(images)`: images uint8 [N, H, W, C] (image_shape = (H, W, C)),
-    cast to float32 for the model (training=False) ->
+    `serve(images)`: images uint8 [N, H, W, C] (image_shape = (H, W, C);
+    any other shape, an unbatched image among them, fails with an
+    InvalidArgumentError that names the expected shape), cast to float32 for
+    the model (training=False) ->
     {"probabilities": float32 [N, num_classes] (softmax of the logits, cast
     to float32), "classes": int64 [N] (the argmax)}.
 
@@ -85,8 +87,23 @@ class ServingModule(tf.Module):
         self.model_variables = list(model.variables)
         spec = tf.TensorSpec([None, *image_shape], tf.uint8, name="images")
 
+        expected = [int(d) for d in image_shape]
+        message = (f"images must be uint8 [N, {', '.join(map(str, expected))}] (a batch of "
+                   "raw-pixel images); got shape")
+
         @tf.function(input_signature=[spec])
         def serve(images):
+            # A server does not hold a request to the signature's shape: an
+            # unbatched image reached oneDNN's convolution and aborted the
+            # process (tensorflow/serving#2104). Checked here, it is an
+            # InvalidArgumentError (HTTP 400) instead. The check reads the
+            # shape at run time (padded, so a rank below 4 compares too).
+            shape = tf.shape(images)
+            fits = tf.logical_and(
+                tf.equal(tf.size(shape), 4),
+                tf.reduce_all(tf.equal(tf.concat([shape, [0, 0, 0, 0]], 0)[1:4], expected)))
+            with tf.control_dependencies([tf.debugging.Assert(fits, [message, shape])]):
+                images = tf.identity(images)
             logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
             return {"probabilities": tf.nn.softmax(logits, axis=-1),
                     "classes": tf.argmax(logits, axis=-1, output_type=tf.int64)}

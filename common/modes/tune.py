@@ -239,9 +239,9 @@ def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
                             "another --sweep_name")
 
 
-def _command(options, sweep_dir: pathlib.Path) -> str:
+def _command(options, sweep_dir: pathlib.Path, epochs: int) -> str:
     """The launch.py command that trains the best configuration on the
-    sweep's data."""
+    sweep's data for `epochs` epochs (said on the command line)."""
     python = sys.executable
     if pathlib.Path(python).is_relative_to(pathlib.Path.cwd()):
         python = os.path.relpath(python)  # .venv/bin/python, as the README writes it
@@ -253,6 +253,7 @@ def _command(options, sweep_dir: pathlib.Path) -> str:
     if options.results_dir != "results":
         parts.append(f"--results_dir={options.results_dir}")
     parts.append(f"--hparams_file={sweep_dir / 'best_hparams.json'}")
+    parts.append(f"--epochs={epochs}")
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -283,6 +284,7 @@ def run(experiment, options: RunOptions, config: dict,
     if clash:
         raise UserError(f"--hparams fixes {', '.join(clash)}, which the sweep searches; "
                         "drop it from --hparams or from the search space")
+    epochs = config["epochs"]  # the experiment's (or --epochs): what the best one trains
     if options.tuner != "hyperband" and options.max_epochs:
         config = {**config, "epochs": options.max_epochs}
     settings = {"tuner": options.tuner, "max_trials": options.max_trials,
@@ -299,12 +301,12 @@ def run(experiment, options: RunOptions, config: dict,
         logging.info("%s sweep %s (%s, %s); to resume after an interruption: "
                      "--sweep_name=%s", "Resuming" if resuming else "Starting", sweep_dir,
                      options.tuner, strategy_lib.strategy_name(strategy), sweep_dir.name)
-        return _search(experiment, options, config, strategy, sweep_dir, space)
+        return _search(experiment, options, config, strategy, sweep_dir, space, epochs)
     finally:
         lock.release()
 
 
-def _search(experiment, options, config, strategy, sweep_dir, space) -> dict:
+def _search(experiment, options, config, strategy, sweep_dir, space, epochs: int) -> dict:
     try:
         tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space)
     except (ValueError, KeyError, TypeError, OSError) as e:
@@ -330,7 +332,11 @@ def _search(experiment, options, config, strategy, sweep_dir, space) -> dict:
     best = best_trials[0]
     best_config = files.read_json(sweep_dir / trial_folder(best.trial_id)
                                     / files.CONFIG_FILE)
-    best_hparams = {**_trial_values(best), "epochs": best_config["hparams"]["epochs"]}
+    # The sweep's epochs are its budget, not a finding: the best configuration
+    # trains the experiment's epochs (on the printed command line), and the
+    # file says what the trial trained.
+    found_at = best_config["hparams"]["epochs"]
+    best_hparams = _trial_values(best)
     payload = {
         "experiment": options.experiment,
         "sweep": str(sweep_dir),
@@ -341,11 +347,14 @@ def _search(experiment, options, config, strategy, sweep_dir, space) -> dict:
         "trials_completed": len(completed),
         "trials_failed": sum(1 for t in tuner.oracle.trials.values()
                              if t.status == kt.engine.trial.TrialStatus.FAILED),
-        "train_it_with": _command(options, sweep_dir),
+        "found_at_epochs": found_at,
+        "epochs": epochs,
+        "train_it_with": _command(options, sweep_dir, epochs),
     }
     files.write_json_atomic(sweep_dir / "best_hparams.json", payload)
-    logging.info("Best %s: %s %.4f; train it with: %s", payload["trial"], OBJECTIVE,
-                 best.score, payload["train_it_with"])
+    logging.info("Best %s: %s %.4f after %d epoch(s); train it for %d epoch(s) (the "
+                 "experiment's; change --epochs for more or fewer) with: %s", payload["trial"],
+                 OBJECTIVE, best.score, found_at, epochs, payload["train_it_with"])
     return payload
 
 
