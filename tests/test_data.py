@@ -274,3 +274,16 @@ def test_a_prepared_tfds_dataset_streams_and_workers_read_their_files(tmp_path):
         for x, _, w in pipeline.eval_stream(splits.test, 8, 2, worker):
             images += _pixels(x.numpy()[w.numpy() == 1].astype(np.uint8))
     assert sorted(images) == sorted(_pixels(_arrays(splits.test)[0]))
+
+
+def test_offline_the_message_names_the_installed_datasets(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "network_available", lambda *a: False)
+    installed = tmp_path / "datasets"
+    write_idx_dataset(installed / "fashion-mnist", num_train=20, num_test=10)
+    monkeypatch.setattr(sources, "SYSTEM_DATASETS_DIR", installed)
+    (tmp_path / "tfds").mkdir()
+    with pytest.raises(UserError) as raised:
+        sources.load("mnist", data_dir=str(tmp_path / "tfds"))
+    assert str(raised.value).endswith(
+        f"; fashion_mnist is installed under {installed}/ and works offline: "
+        "--dataset=fashion_mnist")

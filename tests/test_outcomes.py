@@ -146,7 +146,7 @@ def test_a_run_stopped_early_says_so_with_its_real_epochs(tmp_path, idx_dir):
 
 @pytest.mark.slow
 def test_a_short_pruning_stage_still_reaches_its_target_sparsity(tmp_path, idx_dir, caplog):
-    # 540 training images at batch 64: 8 steps, far fewer than pruning_frequency=50.
+    # 540 training images at batch 64: 9 steps, far fewer than pruning_frequency=50.
     caplog.set_level(logging.INFO, logger="absl")
     metrics = dispatch.run(RunOptions(
         experiment="pruning_qat", data_dir=str(idx_dir), results_dir=str(tmp_path),
@@ -157,8 +157,12 @@ def test_a_short_pruning_stage_still_reaches_its_target_sparsity(tmp_path, idx_d
     assert rows["pruned"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert rows["int8_tflite"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert metrics["warnings"] == []
-    assert any("pruning every 5 steps instead of pruning_frequency=50" in r.message
+    assert any("pruning every 6 steps instead of pruning_frequency=50" in r.message
                for r in caplog.records)
+    # Keras counts the run's epochs ("Epoch 2/2"); the log says the stage's.
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Stage baseline (1 of 3): epoch 1 of 1" in messages
+    assert "Stage pruned (2 of 3): epoch 1 of 1" in messages
 
 
 def test_an_impossible_pruning_schedule_is_refused_before_any_folder(tmp_path, idx_dir):

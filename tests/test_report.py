@@ -138,3 +138,46 @@ def test_report_without_runs_and_without_folder(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _run(name, epochs, start, end, dataset="fashion_mnist",
+         source="/usr/share/datasets/fashion-mnist", status="completed"):
+    history = []
+    for epoch in range(epochs):
+        accuracy = start + (end - start) * ((epoch + 1) / epochs) ** 0.5
+        history.append({"epoch": epoch, "loss": 2.3 * (1 - accuracy), "accuracy": accuracy,
+                        "val_loss": 2.3 * (1 - accuracy) + 0.05,
+                        "val_accuracy": accuracy - 0.01})
+    return {"_name": name, "status": status, "test_accuracy": end, "history": history,
+            "dataset": dataset, "data_source": source}
+
+
+def test_curves_of_eight_varied_runs_stay_readable():
+    """Issue 25's eight runs: five-epoch and one-epoch runs, an image-folder
+    run far below the others, a failed one. Runs on other data get their own
+    axes, one-epoch runs are left out and counted, the legend sits beside
+    the panels, and the axes fit the drawn curves."""
+    runs = [_run(f"lr{i}", 5, 0.78 + 0.01 * i, 0.89 + 0.003 * i) for i in range(4)]
+    runs += [_run("one", 1, 0.5, 0.84), _run("two", 1, 0.5, 0.83),
+             _run("folder", 4, 0.32, 0.61, dataset="image_folder", source="/tmp/fm-folder"),
+             _run("diverged", 3, 0.1, 0.1, status="failed")]
+    figure = report.curves_figure("mnist_lenet", runs, max_runs=8)
+    try:
+        axes = figure.axes
+        assert len(axes) == 4  # two datasets, two panels each
+        titles = [a.get_title() for a in axes]
+        assert titles[1].startswith("mnist_lenet on fashion_mnist: accuracy\n4 of 7 runs drawn; "
+                                    "not drawn: 1 failed, 2 of one epoch")
+        assert titles[3].startswith("mnist_lenet on image_folder (fm-folder): accuracy")
+        assert [len(a.get_lines()) for a in axes] == [8, 8, 2, 2]  # train + validation
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        for axis in (axes[1], axes[3]):
+            legend = axis.get_legend().get_window_extent(renderer)
+            assert not any(legend.overlaps(a.get_window_extent(renderer)) for a in axes)
+        assert len(axes[1].get_legend().get_texts()) == 4  # one entry per run
+        low, high = axes[1].get_ylim()
+        assert 0.80 < low < 0.82 and 0.89 < high < 0.91  # fits 0.82..0.899, not 0.3..0.9
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(figure)

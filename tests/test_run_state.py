@@ -382,3 +382,35 @@ def test_a_resume_under_another_strategy_replica_count_or_seed_is_refused(tmp_pa
     _, resuming, lock = folder.claim_run_dir(tmp_path, "mix", {"a": 1}, {"d": 1}, how=how)
     assert resuming
     lock.release()
+
+
+def test_a_default_run_name_says_what_the_run_is(tmp_path):
+    from common.runs import folder
+    options = RunOptions(experiment="mnist_lenet", epochs=3, hparams=("learning_rate=0.01",))
+    label = folder.default_label(options, {"dataset": "fashion_mnist"})
+    assert label == "fashion_mnist-epochs=3-learning_rate=0.01"
+    path, resuming, lock = folder.claim_run_dir(tmp_path, None, {}, {}, label=label)
+    lock.release()
+    assert not resuming
+    assert path.name.startswith("fashion_mnist-epochs=3-learning_rate=0.01-2")
+    files.check_name("run_name", path.name)
+    odd = folder.default_label(RunOptions(experiment="x", dataset="image_folder",
+                                          data_dir="/data/my photos", hparams=("a=b/c",) * 20),
+                               {"dataset": "image_folder"})
+    assert odd.startswith("my_photos-a=b_c-") and len(odd) <= folder.LABEL_LENGTH
+
+
+def test_a_missing_run_lists_the_finished_ones(tmp_path):
+    from common.runs import saved
+    for name in ("older", "newer", "unfinished"):
+        (tmp_path / "mnist_lenet" / name).mkdir(parents=True)
+    for name, when in (("older", 1_000_000), ("newer", 2_000_000)):
+        path = tmp_path / "mnist_lenet" / name / "metrics.json"
+        path.write_text("{}")
+        os.utime(tmp_path / "mnist_lenet" / name, (when, when))
+    with pytest.raises(UserError) as error:
+        saved.find_finished(str(tmp_path), "mnist_lenet", "fm")
+    assert str(error.value) == (f"no run {tmp_path}/mnist_lenet/fm; finished runs there, "
+                                "newest first: newer, older")
+    with pytest.raises(UserError, match="holds no finished run"):
+        saved.find_finished(str(tmp_path), "cifar_cnn", "fm")

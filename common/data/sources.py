@@ -35,6 +35,7 @@ import pathlib
 import socket
 from typing import Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -321,11 +322,14 @@ def load(name: str, data_dir: Optional[str] = None, validation_fraction: float =
             raise UserError(f"--data_dir {data_dir} does not exist")
         local = local_files.locate(name, folder)
         if local is not None:
+            logging.info("Dataset %s: its original files in %s", name, local)
             return _load_local(name, local, validation_fraction)
     if data_dir is None:
         # Before TFDS, which would log that it reads a folder it then finds empty.
         system = _system_folder(name)
         if system is not None:
+            logging.info("Dataset %s: its original files in %s (found without --data_dir: "
+                         "the folder Debian's dataset packages install to)", name, system)
             return _load_local(name, system, validation_fraction)
     try:
         # download=False finds a prepared copy (or tfds.testing.mock_data).
@@ -347,7 +351,14 @@ def _offline_message(name: str, data_dir: Optional[str]) -> str:
     where = f" in --data_dir {data_dir}" if data_dir else ""
     message = (f"cannot download {name!r} through TFDS: no network, and no "
                f"prepared TFDS copy{where}")
-    if fmt is None:
-        return message
-    return (f"{message}; offline, pass --data_dir=DIR holding {fmt.description} "
-            f"or install them under {SYSTEM_DATASETS_DIR / name.replace('_', '-')}/")
+    if fmt is not None:
+        message += (f"; offline, pass --data_dir=DIR holding {fmt.description} "
+                    f"or install them under {SYSTEM_DATASETS_DIR / name.replace('_', '-')}/")
+    installed = [other for other in sorted(local_files.LOCAL_FORMATS)
+                 if other != name and _system_folder(other) is not None]
+    if installed:
+        verbs = "is installed" if len(installed) == 1 else "are installed"
+        message += (f"; {', '.join(installed)} {verbs} under {SYSTEM_DATASETS_DIR}/ and "
+                    f"{'works' if len(installed) == 1 else 'work'} offline: "
+                    f"--dataset={installed[0]}")
+    return message

@@ -11,6 +11,7 @@ BackupAndRestore) and delete them at the end.
 import dataclasses
 import os
 import pathlib
+import re
 import shutil
 import time
 from typing import Any, Optional
@@ -19,7 +20,7 @@ from absl import logging
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from common.config.options import RunOptions, SweepTrial
+from common.config.options import HPARAM_FLAGS, RunOptions, SweepTrial
 from common.data import image_folder
 from common.distribute import strategy as strategy_lib
 from common.errors import RunFailed, UserError
@@ -32,7 +33,7 @@ STATUSES = ("completed", "stopped_early", "failed")
 def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
                   hparams: dict, data: dict,
                   restart: bool = False,
-                  how: Optional[dict] = None) -> tuple[pathlib.Path, bool, Lock]:
+                  how: Optional[dict] = None, label: str = "") -> tuple[pathlib.Path, bool, Lock]:
     """Returns (run folder under `parent`, resuming, its lock, held by the caller).
 
     Without `run_name` a fresh timestamped folder is created. With it, an
@@ -52,6 +53,8 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
             "data" must equal them key by key.
         restart: empty a named, unfinished run that has a config.json (all
             but its lock, even a damaged config.json) and start it over.
+        label: what the run is, for a new folder's name without
+            `run_name`: <label>-<timestamp> (default_label()).
         how: how the run is made beyond its hyperparameters and data:
             {"strategy", "num_replicas", "seed"}; a resumed run's config.json
             ("strategy", "num_replicas", flags' "seed") must say the same.
@@ -72,7 +75,7 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
     try:
         parent.mkdir(parents=True, exist_ok=True)
         if run_name is None:
-            path = files.new_dir(parent)
+            path = files.new_dir(parent, prefix=f"{label}-" if label else "")
             return path, False, Lock(path, "run").acquire()
         path = parent / run_name
         # exist_ok: in a cluster another worker may create the folder (for its
@@ -146,6 +149,36 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
     except BaseException:
         lock.release()
         raise
+
+
+LABEL_LENGTH = 60       # characters of a default run name before its timestamp
+
+
+def default_label(options: RunOptions, config: dict) -> str:
+    """What a run is, for its default folder name (and so TensorBoard's run
+    and HParams trial names): the dataset (an image folder's folder name),
+    then every hyperparameter set on the command line, as name=value.
+
+    Args:
+        options: the command's flags: --hparams and the dedicated
+            hyperparameter flags (--epochs, --batch_size, ...) that were
+            given.
+        config: the resolved hyperparameters (its dataset).
+
+    Returns:
+        E.g. "fashion_mnist-epochs=5-learning_rate=0.01", characters other
+        than letters, digits and ._=+- replaced by _, at most LABEL_LENGTH
+        characters.
+    """
+    dataset = str(config.get("dataset", ""))
+    if options.data_dir and dataset == "image_folder":
+        dataset = pathlib.Path(options.data_dir).expanduser().name or dataset
+    given = [f"{name}={getattr(options, name)}" for name in HPARAM_FLAGS
+             if name != "dataset" and getattr(options, name) is not None]
+    given += [a.strip() for a in options.hparams if a.strip()]
+    text = "-".join([dataset, *given])
+    text = re.sub(r"[^A-Za-z0-9._=+-]", "_", text).strip("._-") or "run"
+    return text[:LABEL_LENGTH].rstrip("._-=")
 
 
 def _differences(previous: Optional[dict], current: dict) -> list[str]:
@@ -278,7 +311,8 @@ class RunFolder:
                        started_at=time.perf_counter(), trial=trial)
         run_dir, resuming, lock = claim_run_dir(
             parent, run_name, config, data, restart=restart,
-            how={"strategy": label, "num_replicas": replicas, "seed": options.seed})
+            how={"strategy": label, "num_replicas": replicas, "seed": options.seed},
+            label=default_label(options, config))
         folder = cls(experiment, options, config, strategy, data, run_dir, run_dir,
                      resuming, lock, time.perf_counter(), trial)
         if trial is not None:  # the sweep is what resumes

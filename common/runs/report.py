@@ -319,59 +319,146 @@ def _pyplot():
     return pyplot
 
 
-def plot_curves(experiment: str, runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
-    """Loss and accuracy per epoch (epochs numbered from 1), training solid
-    and validation dashed, with markers so a one-epoch run shows; the stage
-    boundaries of the best plotted run dotted.
+MAX_DATA_PANELS = 4     # datasets drawn per experiment (rows of the figure)
 
-    Plots the runs that did not fail and have a history, the best
-    `max_runs` by test accuracy, on two panels (loss, accuracy), and writes
-    them as one PNG.
+
+def _curve_limits(first: list, later: list, metric: str) -> tuple[float, float]:
+    """y limits that fit the curves that matter: every value from the second
+    epoch on, and the first epoch's as far as they stretch that range by at
+    most its own height again (a first-epoch spike does not squeeze every
+    curve into a thin band); accuracy within [0, 1], loss from 0.
+
+    Args:
+        first: the drawn curves' first-epoch values.
+        later: their values from the second epoch on.
+        metric: "loss" or "accuracy".
+
+    Returns:
+        (low, high), padded by 5% of the range.
+    """
+    later = [v for v in later if _number(v)]
+    first = [v for v in first if _number(v)]
+    if not later:
+        later = first or [0.0, 1.0]
+    low, high = min(later), max(later)
+    height = max(high - low, 0.01)
+    if first:
+        low, high = max(min(first + [low]), low - height), min(max(first + [high]), high + height)
+    pad = 0.05 * max(high - low, 0.01)
+    low, high = low - pad, high + pad
+    if metric == "accuracy":
+        return max(0.0, low), min(1.0, high)
+    return max(0.0, low), high
+
+
+def plot_curves(experiment: str, runs: list[dict], path: pathlib.Path, max_runs: int) -> bool:
+    """Writes curves_figure() as a PNG.
 
     Args:
         experiment: the experiment's name, for the titles.
         runs: the experiment's runs as find_runs() returns them.
         path: the PNG file to write.
-        max_runs: at most this many runs are plotted.
+        max_runs: at most this many runs are drawn per dataset.
 
     Returns:
         True if the PNG was written; False (nothing written) when no run
         qualifies.
     """
+    figure = curves_figure(experiment, runs, max_runs)
+    if figure is None:
+        return False
+    _save(figure, path)
+    _pyplot().close(figure)
+    return True
+
+
+def curves_figure(experiment: str, runs: list[dict], max_runs: int):
+    """Loss and accuracy per epoch (epochs numbered from 1), training solid
+    and validation dashed, one row of two panels per dataset (runs on
+    different data are never drawn in one axes); the stage boundaries of
+    each row's best run dotted.
+
+    Per dataset (data_label()), the runs that did not fail and trained at
+    least two epochs are candidates; the best `max_runs` by test accuracy
+    are drawn (one-epoch runs are single points: they are in the table, not
+    the curves). Each row's title says how many of its runs are drawn and
+    why the others are not; the legend (one entry per run) sits beside the
+    panels, never over the curves; the y axes fit the drawn curves
+    (_curve_limits()). At most MAX_DATA_PANELS datasets, those with the most
+    runs; the figure's title counts the others.
+
+    Args:
+        experiment: the experiment's name, for the titles.
+        runs: the experiment's runs as find_runs() returns them.
+        max_runs: at most this many runs are drawn per dataset.
+
+    Returns:
+        The matplotlib Figure (the caller closes it), or None when no run
+        qualifies.
+    """
     from matplotlib.ticker import MaxNLocator
     plt = _pyplot()
-    chosen = sorted((r for r in runs if r.get("history") and r.get("status") != "failed"),
-                    key=lambda r: r["test_accuracy"], reverse=True)[:max_runs]
-    if not chosen:
-        return False
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in chosen:
-        epochs = [row["epoch"] + 1 for row in run["history"]]
-        for axis, metric in zip(axes, ("loss", "accuracy")):
-            line, = axis.plot(epochs, [row.get(metric) for row in run["history"]],
-                              marker="o", markersize=3, label=f"{run['_name']} train")
-            axis.plot(epochs, [row.get(f"val_{metric}") for row in run["history"]],
-                      linestyle="--", marker="s", markersize=3, color=line.get_color(),
-                      label=f"{run['_name']} validation")
-    stages = [s for s in chosen[0].get("stages") or [] if isinstance(s, dict)]
-    for axis in axes:
-        for stage in stages[1:]:
-            if _number(stage.get("first_epoch")):
-                axis.axvline(stage["first_epoch"] + 0.5, color="grey", linestyle=":")
-                axis.text(stage["first_epoch"] + 0.55, 1.0, stage.get("name", ""),
-                          transform=axis.get_xaxis_transform(), fontsize=7, va="top",
-                          color="grey")
-    for axis, metric in zip(axes, ("loss", "accuracy")):
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(metric)
-        axis.set_title(f"{experiment}: {metric} (train solid, validation dashed)")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    _save(figure, path)
-    plt.close(figure)
-    return True
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(data_label(run), []).append(run)
+    drawable = {}
+    for data, members in groups.items():
+        ok = [r for r in members if r.get("status") != "failed"]
+        long = [r for r in ok if len(r.get("history") or []) >= 2]
+        chosen = sorted(long, key=lambda r: r["test_accuracy"], reverse=True)[:max_runs]
+        if chosen:
+            left = [f"{len(members) - len(ok)} failed"] if len(members) > len(ok) else []
+            left += [f"{len(ok) - len(long)} of one epoch"] if len(ok) > len(long) else []
+            left += ([f"{len(long) - len(chosen)} with lower test accuracy"]
+                     if len(long) > len(chosen) else [])
+            note = (f"{len(chosen)} of {len(members)} runs drawn"
+                    + (f"; not drawn: {', '.join(left)} (see the table)" if left else ""))
+            drawable[data] = (chosen, note)
+    if not drawable:
+        return None
+    shown = sorted(drawable, key=lambda d: (-len(groups[d]), d))[:MAX_DATA_PANELS]
+    rows = len(shown)
+    figure, axes = plt.subplots(rows, 2, figsize=(14, 4.2 * rows + 0.4), squeeze=False)
+    for row, data in enumerate(shown):
+        chosen, note = drawable[data]
+        handles = []
+        plotted = {"loss": ([], []), "accuracy": ([], [])}  # (first epoch, later)
+        for run in chosen:
+            epochs = [row_["epoch"] + 1 for row_ in run["history"]]
+            for axis, metric in zip(axes[row], ("loss", "accuracy")):
+                train = [r.get(metric) for r in run["history"]]
+                validation = [r.get(f"val_{metric}") for r in run["history"]]
+                line, = axis.plot(epochs, train, marker="o", markersize=3,
+                                  label=f"{run['_name']} ({run['test_accuracy']:.4f})")
+                axis.plot(epochs, validation, linestyle="--", marker="s", markersize=3,
+                          color=line.get_color())
+                plotted[metric][0].extend(train[:1] + validation[:1])
+                plotted[metric][1].extend(train[1:] + validation[1:])
+                if metric == "loss":
+                    handles.append(line)
+        stages = [s for s in chosen[0].get("stages") or [] if isinstance(s, dict)]
+        for axis, metric in zip(axes[row], ("loss", "accuracy")):
+            for stage in stages[1:]:
+                if _number(stage.get("first_epoch")):
+                    axis.axvline(stage["first_epoch"] + 0.5, color="grey", linestyle=":")
+                    axis.text(stage["first_epoch"] + 0.55, 1.0, stage.get("name", ""),
+                              transform=axis.get_xaxis_transform(), fontsize=8, va="top",
+                              color="grey")
+            axis.set_ylim(*_curve_limits(*plotted[metric], metric))
+            axis.set_xlabel("epoch")
+            axis.set_ylabel(metric)
+            axis.set_title(f"{experiment} on {data}: {metric}\n{note}", fontsize=9)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(alpha=0.3)
+        axes[row][1].legend(handles=handles, title="run (test accuracy)", fontsize=8,
+                            title_fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                            borderaxespad=0)
+    hidden = len(drawable) - len(shown)
+    figure.suptitle(f"{experiment}: training solid, validation dashed"
+                    + (f"; {hidden} more dataset(s) not drawn (see the table)" if hidden else ""),
+                    fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    return figure
 
 
 def plot_accuracy_vs_size(experiment: str, runs: list[dict], path: pathlib.Path) -> bool:

@@ -146,9 +146,24 @@ def find_finished(results_dir: str, experiment: str, run_name: str) -> pathlib.P
         raise UserError(f"run {path} is a symbolic link; a run folder must be a folder of its "
                         "own (copy the run instead of linking it)")
     if not path.is_dir():
-        raise UserError(f"no run {path} (expected a folder made by launch.py "
-                        f"--experiment={experiment})")
+        raise UserError(f"no run {path}; {_runs_there(path.parent, experiment)}")
     return finished(path)
+
+
+def _runs_there(folder: pathlib.Path, experiment: str, shown: int = 5) -> str:
+    """The finished runs of `folder`, newest first, for a message."""
+    try:
+        runs = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                and (p / files.METRICS_FILE).is_file()]
+    except OSError:
+        runs = []
+    if not runs:
+        return (f"{folder} holds no finished run (runs are made by launch.py "
+                f"--experiment={experiment})")
+    runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    names = ", ".join(p.name for p in runs[:shown])
+    more = f", ... ({len(runs) - shown} more)" if len(runs) > shown else ""
+    return f"finished runs there, newest first: {names}{more}"
 
 
 def finished(path: pathlib.Path) -> pathlib.Path:

@@ -364,6 +364,11 @@ class StageRunner:
                 raise files.os_error(e, "create the backup folder") from None
             guard = callback_lib.DivergenceGuard()
             extra = stage.callbacks(context) if stage.callbacks else []
+            if len(self.stages) > 1:  # Keras counts the run's epochs ("Epoch 6/9")
+                extra = [tf_keras.callbacks.LambdaCallback(
+                    on_epoch_begin=lambda epoch, logs: logging.info(
+                        "Stage %s (%d of %d): epoch %d of %d", stage.name, index + 1,
+                        len(self.stages), epoch - context.first_epoch + 1, stage.epochs))] + extra
             callbacks, early = callback_lib.stage_callbacks(
                 write_dir=self.write_dir, backup_dir=self.backup_dir(stage),
                 keras_backup_dir=self.keras_backup_dir(stage), config=self.config,
