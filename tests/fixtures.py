@@ -51,6 +51,28 @@ def write_idx_dataset(folder: pathlib.Path, num_train: int = 600,
     return folder
 
 
+FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_mnist_subset(folder: pathlib.Path, num_train: int, num_test: int) -> pathlib.Path:
+    """The first `num_train` and `num_test` images of real Fashion-MNIST as
+    IDX .gz files in `folder` where Debian's dataset-fashion-mnist is
+    installed; else write_idx_dataset()'s learnable images (CI)."""
+    if not (FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
+        return write_idx_dataset(folder, num_train, num_test)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", num_train), ("t10k", num_test)):
+        for kind, header in (("images-idx3", 16), ("labels-idx1", 8)):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            data = gzip.open(FASHION_MNIST / name).read()
+            size = 784 if kind.startswith("images") else 1
+            head = bytearray(data[:header])
+            head[4:8] = struct.pack(">I", count)
+            with gzip.open(folder / name, "wb") as f:
+                f.write(bytes(head) + data[header:header + count * size])
+    return folder
+
+
 def write_cifar10_batches(folder: pathlib.Path, records_per_batch: int = 40,
                           seed: int = 0, archive: bool = False) -> pathlib.Path:
     """Writes CIFAR-10's binary version (5 data batches and a test batch) as

@@ -31,13 +31,18 @@ def test_runner_overhead(tmp_path, idx_dir):
     out = bench("runner_overhead.py", "--epochs=3", "--rounds=1", "--dataset=mnist",
                 f"--data_dir={idx_dir}", f"--results_dir={tmp_path}")
     figures = json.loads((tmp_path / "bench" / "runner_overhead.json").read_text())
-    # The first epoch of each run (tracing) is left out: 2 epochs counted.
-    assert len(figures["runner_images_per_second"]) == 2
-    assert len(figures["plain_images_per_second"]) == 2
-    assert min(figures["runner_images_per_second"] + figures["plain_images_per_second"]) > 50
-    assert figures["runner_levers"] == {"steps_per_execution": 128, "jit_compile": False,
-                                        "mixed_precision": "float32"}
-    assert f"ratio {figures['ratio']:.3f}" in out
+    # The first epoch of each run (tracing) is left out: 2 epochs counted, for
+    # the runner and both plain feeds, all at the runner's levers.
+    assert {k: len(v) for k, v in figures["images_per_second"].items()} == {
+        "runner": 2, "arrays": 2, "tf.data": 2}
+    assert min(min(v) for v in figures["images_per_second"].values()) > 50
+    assert figures["levers"] == {"steps_per_execution": 128, "jit_compile": False,
+                                 "mixed_precision": "float32"}
+    medians = figures["medians"]
+    assert figures["strongest_plain"] == max(("arrays", "tf.data"), key=medians.get)
+    assert figures["ratio"] == pytest.approx(medians["runner"]
+                                             / medians[figures["strongest_plain"]])
+    assert f"runner / strongest plain ({figures['strongest_plain']}) {figures['ratio']:.3f}" in out
 
 
 def test_pipeline_headroom(tmp_path, idx_dir):
@@ -81,3 +86,27 @@ def test_levers(tmp_path, idx_dir):
     assert configs["experiment defaults"]["steps_per_execution"] == 128
     assert all(rate > 1 for rate in lenet["median_images_per_second"].values())
     assert "levers: mnist_lenet: steps_per_execution=4:" in out
+
+
+def test_streaming(tmp_path, idx_dir):
+    out = bench("streaming.py", "--experiments=mnist_mlp", "--rounds=1", "--epochs=2",
+                f"--data_dir={idx_dir}", f"--results_dir={tmp_path}")
+    figures = json.loads((tmp_path / "bench" / "streaming.json").read_text())
+    mlp = figures["experiments"]["mnist_mlp"]
+    assert len(mlp["memory_images_per_second"]) == len(mlp["stream_images_per_second"]) == 1
+    assert min(mlp["memory_images_per_second"] + mlp["stream_images_per_second"]) > 100
+    assert f"ratio {mlp['ratio']:.3f}" in out
+
+
+def test_data_scaling(tmp_path):
+    out = bench("data_scaling.py", "--sizes=60,180", "--image_size=32",
+                f"--folder_root={tmp_path / 'folders'}", f"--results_dir={tmp_path}")
+    figures = json.loads((tmp_path / "bench" / "data_scaling.json").read_text())
+    for size in ("60", "180"):
+        row = figures["figures"][size]
+        assert row["files"] == int(size) and row["prepare_images_per_second"] > 1
+        first, second = row["runs"]["first"], row["runs"]["second"]
+        assert first["cache"]["hit"] is False and second["cache"]["hit"] is True
+        assert first["num_test_examples"] == first["totals"]["test"]  # every test image
+        assert first["peak_rss_bytes"] > 100 * 2**20
+    assert "preparation time per image x" in out and "peak memory x" in out

@@ -535,3 +535,37 @@ def test_the_sbatch_script_runs_and_a_requeued_job_resumes(slurm, tmp_path):
     assert history_epochs(run_dir) == list(range(epochs))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["num_replicas"] == 2
+
+
+# A sweep on it -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_srun_three_tasks_run_a_sweep_with_task_0_the_oracle(slurm, idx_dir, tmp_path):
+    results_dir = tmp_path / "results"
+    # --overcommit: three tasks on the private node's two CPUs.
+    command = ["srun", "-n", "3", "--overcommit", "--label", sys.executable, "-u",
+               str(ROOT / "launch.py"),
+               "--experiment=mnist_lenet", "--mode=tune", "--tuner=random", "--max_trials=3",
+               "--max_epochs=1", f"--data_dir={idx_dir}", f"--results_dir={results_dir}",
+               "--batch_size=32", "--verbose=0"]
+    result = slurm.command(*command, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:] + slurm.logs()
+    (sweep_dir,) = list((results_dir / "mnist_lenet").iterdir())
+    assert re.fullmatch(r"slurm-\d+", sweep_dir.name)
+    assert re.search(r"^\s*0: .*this process \(chief\) serves the oracle at", output, re.M)
+    workers = task_lines(output, r"Distributed sweep: worker (tuner\d)")
+    assert workers == {"1": "tuner0", "2": "tuner1"}
+    trials = sorted(sweep_dir.glob("trial_*"))
+    assert len(trials) == 3
+    ran = {json.loads((t / "config.json").read_text())["trial"]["worker"] for t in trials}
+    assert ran <= {"tuner0", "tuner1"} and ran
+    best = json.loads((sweep_dir / "best_hparams.json").read_text())
+    assert best["trials_completed"] == 3
+
+
+def test_the_tune_sbatch_script_is_a_sweep_without_variables():
+    script = (ROOT / "cluster" / "slurm" / "tune.sbatch").read_text()
+    assert "--mode=tune" in script and "srun --label" in script
+    assert "KERASTUNER" not in script.replace("Keras Tuner", "")  # Slurm gives the roles
+    assert "--strategy=multi_worker_mirrored" not in script

@@ -78,7 +78,8 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
         assert not (trial / "export").exists() and "exported" not in metrics
         config = json.loads((trial / "config.json").read_text())
         assert config["trial"] == {"sweep_dir": str(sweep_dir), "name": trial.name,
-                                   "warm_start": None, "initial_epoch": 0}
+                                   "warm_start": None, "initial_epoch": 0,
+                                   "worker": None}
         scores[trial.name] = metrics["history"][-1]["val_accuracy"]
     # No sweep-wide HParams configuration (it would hide every other run's
     # columns under --logdir results); each trial declares its own, under an
@@ -94,12 +95,12 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     # the trial trained, and the command trains the experiment's epochs.
     assert set(best["hparams"]) == {"learning_rate", "batch_size", "dropout"}
     assert best["found_at_epochs"] == 1
-    assert best["epochs"] == hparams.defaults(get_config())["epochs"] == 5
+    assert best["epochs"] == hparams.defaults(get_config())["epochs"] == 10
     assert best["objective"]["value"] == pytest.approx(max(scores.values()))
     assert best["trials_completed"] == 3
     assert best["train_it_with"].endswith(f"--data_dir={tmp_path / 'tfds'} --results_dir="
                                           f"{tmp_path / 'results'} --hparams_file="
-                                          f"{sweep_dir / 'best_hparams.json'} --epochs=5")
+                                          f"{sweep_dir / 'best_hparams.json'} --epochs=10")
     # The first trial is the experiment's defaults: the baseline to beat.
     first = json.loads((trials[0] / "config.json").read_text())["hparams"]
     defaults = hparams.defaults(get_config())

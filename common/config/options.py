@@ -116,17 +116,20 @@ class SweepTrial:
             (its final weights are loaded into the new model), or None.
         initial_epoch: the epoch the trial starts counting from (0-based;
             a continued Hyperband trial's predecessor's epochs).
+        worker: in a distributed sweep, the KERASTUNER_TUNER_ID of the
+            worker that runs the trial; None in a sweep of one process.
     """
     sweep_dir: str
     name: str
     warm_start: Optional[str] = None
     initial_epoch: int = 0
+    worker: Optional[str] = None
 
     def as_dict(self) -> dict:
         """The trial's state as config.json records it ("trial").
 
         Returns:
-            {"sweep_dir", "name", "warm_start", "initial_epoch"}.
+            {"sweep_dir", "name", "warm_start", "initial_epoch", "worker"}.
         """
         return dataclasses.asdict(self)
 

@@ -46,7 +46,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from absl import logging
 import numpy as np

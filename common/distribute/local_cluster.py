@@ -13,9 +13,6 @@ with the printed --run_name resumes an interrupted run from its last backup.
 import datetime
 import json
 import os
-import pathlib
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,37 +20,13 @@ import time
 
 from absl import app, flags
 
+from common.distribute.processes import LAUNCH, free_ports, pump, stop, value_of
+
 flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
 flags.DEFINE_integer("grace_seconds", 10, "After a worker fails, how long the others "
                      "get to stop before they are killed.", lower_bound=0)
 FLAGS = flags.FLAGS
 
-LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch.py"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS says are free on localhost, no two the same.
-
-    Each is held open until all are picked, so no two are the same. The
-    sockets are closed before returning, so another process may take a
-    port before a worker binds it.
-
-    Args:
-        count: how many ports.
-
-    Returns:
-        `count` distinct TCP port numbers on 127.0.0.1.
-    """
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def tf_config(ports: list[int], index: int) -> str:
@@ -70,15 +43,6 @@ def tf_config(ports: list[int], index: int) -> str:
         "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
         "task": {"type": "worker", "index": index},
     })
-
-
-def _value(args: list[str], name: str):
-    for i, arg in enumerate(args):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(args):
-            return args[i + 1]
-    return None
 
 
 def worker_args(launch_args: list[str]) -> tuple[list[str], str]:
@@ -105,18 +69,11 @@ def worker_args(launch_args: list[str]) -> tuple[list[str], str]:
         elif not arg.startswith("--strategy="):
             args.append(arg)
     args.append("--strategy=multi_worker_mirrored")
-    run_name = _value(args, "run_name")
-    if run_name is None and _value(args, "mode") != "tune":
+    run_name = value_of(args, "run_name")
+    if run_name is None and value_of(args, "mode") != "tune":
         run_name = "cluster-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         args.append(f"--run_name={run_name}")
     return args, run_name
-
-
-def _pump(stream, prefix: str) -> None:
-    for line in iter(stream.readline, ""):
-        sys.stdout.write(f"{prefix}{line}")
-        sys.stdout.flush()
-    stream.close()
 
 
 def run_cluster(workers: int, launch_args: list[str], grace_seconds: int = 10) -> int:
@@ -150,11 +107,11 @@ def run_cluster(workers: int, launch_args: list[str], grace_seconds: int = 10) -
             [sys.executable, "-u", str(LAUNCH), *args], env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         print(f"[cluster] worker {index} pid {process.pid}", flush=True)
-        pump = threading.Thread(target=_pump, args=(process.stdout, f"[worker {index}] "),
-                                daemon=True)
-        pump.start()
+        reader = threading.Thread(target=pump, args=(process.stdout, f"[worker {index}] "),
+                                  daemon=True)
+        reader.start()
         processes.append(process)
-        pumps.append(pump)
+        pumps.append(reader)
     failed = None
     try:
         while failed is None and any(p.poll() is None for p in processes):
@@ -173,9 +130,9 @@ def run_cluster(workers: int, launch_args: list[str], grace_seconds: int = 10) -
         if index >= 0:
             print(f"[cluster] worker {index} exited with {code}; stopping the others",
                   flush=True)
-        _stop(processes, grace_seconds)
-    for pump in pumps:
-        pump.join(timeout=5)
+        stop(processes, grace_seconds)
+    for reader in pumps:
+        reader.join(timeout=5)
     if failed is None:
         print("[cluster] all workers finished", flush=True)
         return 0
@@ -183,19 +140,6 @@ def run_cluster(workers: int, launch_args: list[str], grace_seconds: int = 10) -
         print(f"[cluster] to resume: the same command with --run_name={run_name}",
               flush=True)
     return 1
-
-
-def _stop(processes, grace_seconds: int) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def main(argv):

@@ -103,7 +103,21 @@ def slurm_int(name: str) -> int:
     return int(raw)
 
 
-def _slurm_port_base(job: str, step: str) -> int:
+def port_base(job: str, step: str) -> int:
+    """The first port of a Slurm step's block: TF_SLURM_PORT_BASE where set,
+    else one of the blocks of 64 from 20,000 to 32,767 picked by a CRC-32 of
+    the job and step ids (two steps on one node rarely meet).
+
+    Args:
+        job: the job id.
+        step: the step id.
+
+    Returns:
+        The port number.
+
+    Raises:
+        UserError: TF_SLURM_PORT_BASE is not a port from 1024 to 65000.
+    """
     raw = os.environ.get(SLURM_PORT_BASE_ENV)
     if raw:
         if not raw.isdigit() or not 1024 <= int(raw) <= 65000:
@@ -205,13 +219,13 @@ def slurm_tf_config(visible_gpus: int = 0) -> SlurmTask:
     if not node:
         raise UserError("inconsistent Slurm step: SLURMD_NODENAME, this task's node, "
                         "is not set")
-    port_base = _slurm_port_base(job, step)
+    base = port_base(job, step)
     try:
-        workers = _slurm_workers(port_base, gpus_per_node=tasks, gpus_per_task=1)
+        workers = _slurm_workers(base, gpus_per_node=tasks, gpus_per_task=1)
     except (RuntimeError, ValueError, AssertionError, KeyError) as e:
         raise UserError(f"inconsistent Slurm step: {_slurm_step_layout()} "
                         f"({one_line(e)})") from None
-    own = f"{node}:{port_base + local}"
+    own = f"{node}:{base + local}"
     if own not in workers:
         raise UserError(f"inconsistent Slurm step: this task (node {node}, local task "
                         f"{local}) is not among the tasks that {_slurm_step_layout()} "
@@ -221,7 +235,7 @@ def slurm_tf_config(visible_gpus: int = 0) -> SlurmTask:
     if visible_gpus:
         per_node, per_task, gpus = _slurm_gpu_share(visible_gpus, local_tasks, local, node)
         try:  # the resolver's own check of the real counts, over every node
-            _slurm_workers(port_base, gpus_per_node=per_node, gpus_per_task=per_task)
+            _slurm_workers(base, gpus_per_node=per_node, gpus_per_task=per_task)
         except RuntimeError as e:
             raise UserError(f"the step's GPUs do not divide evenly: {per_task} GPU(s) per "
                             f"task and {per_node} on node {node}, but some node runs more "
@@ -278,7 +292,8 @@ def slurm_run_defaults(options):
 
     Raises:
         UserError: several tasks of a step would each train on their own (a
-            strategy other than multi_worker_mirrored), multi_worker_mirrored
+            strategy other than multi_worker_mirrored, outside --mode=tune,
+            where they make a distributed sweep), multi_worker_mirrored
             is asked for in the job but outside a step (no srun), or
             SLURM_STEP_NUM_TASKS is not a number.
     """
@@ -288,7 +303,9 @@ def slurm_run_defaults(options):
     if options.strategy == "multi_worker_mirrored":
         check_slurm_step()
     tasks = slurm_int("SLURM_STEP_NUM_TASKS") if in_slurm_step() else 1
-    if tasks > 1 and options.strategy != "multi_worker_mirrored":
+    # Several tasks of --mode=tune without multi_worker_mirrored are a
+    # distributed sweep (common/distribute/sweep_cluster.py).
+    if tasks > 1 and options.strategy != "multi_worker_mirrored" and options.mode != "tune":
         raise UserError(f"this Slurm step runs {tasks} tasks, but --strategy="
                         f"{options.strategy} trains in one process, so each task would run "
                         "alone; use --strategy=multi_worker_mirrored (or srun -n 1)")

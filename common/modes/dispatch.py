@@ -7,7 +7,7 @@ import experiments
 from common.config import choices
 from common.config.options import RunOptions
 from common.config.resolve import resolve_config
-from common.distribute import clusters, slurm, strategy as strategy_lib
+from common.distribute import clusters, slurm, strategy as strategy_lib, sweep_cluster
 from common.errors import UserError
 from common.runs import files, saved
 from common.training import precision
@@ -47,6 +47,10 @@ def run(options: RunOptions) -> dict[str, Any]:
     experiment = experiments.get(options.experiment)
     config = resolve_config(experiment, options)
     clusters.check_cluster_options(options)
+    role = sweep_cluster.sweep_role(options.mode, options.strategy)
+    if role is not None:  # a distributed sweep: Keras Tuner's variables set
+        sweep_cluster.activate(role)
+        sweep_cluster.hide_gpus_from_the_chief(role)
     # The strategy comes before any other TensorFlow op.
     strategy_lib.configure_cpu_devices(options.num_cpu_devices)
     strategy = strategy_lib.get_strategy(options.strategy, tpu=options.tpu,

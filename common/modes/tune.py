@@ -18,14 +18,23 @@ training/run.py's `train_run`, in its own folder:
 `tensorboard --logdir results/<experiment>/<sweep>` shows the trials side by
 side in the HParams dashboard; each trial declares its own hyperparameters,
 so `--logdir results` lists sweeps and single runs alike.
+
+Distributed (common/distribute/sweep_cluster.py: Keras Tuner's three
+variables, a Slurm step, or common.distribute.local_sweep): the chief holds
+the sweep's .lock, writes sweep.json and serves the oracle (it loads no data
+and trains nothing), then prints the best trials and writes
+best_hparams.json; every worker holds workers/<id>/.lock (one process per
+worker id), checks its settings against sweep.json, and runs the trials the
+oracle hands it. Every process needs the same results folder.
 """
 
 import os
 import pathlib
 import shlex
 import sys
+import time
 import traceback
-from typing import Any
+from typing import Any, Optional
 
 from absl import logging
 import keras_tuner as kt
@@ -34,7 +43,7 @@ import tensorflow as tf
 import experiments
 from common.config import choices
 from common.config.options import RunOptions, SweepTrial
-from common.distribute import strategy as strategy_lib
+from common.distribute import strategy as strategy_lib, sweep_cluster
 from common.errors import UserError
 from common.runs import files
 from common.runs.lock import Lock
@@ -79,12 +88,13 @@ def _trial_values(trial) -> dict[str, Any]:
 class _ProjectTrials:
     """The part every tuner shares: one trial = one run of the experiment."""
 
-    def _setup(self, experiment, options, config, strategy, sweep_dir):
+    def _setup(self, experiment, options, config, strategy, sweep_dir, worker=None):
         self.experiment = experiment
         self.options = options
         self.base_config = config
         self.strategy = strategy
         self.sweep_dir = sweep_dir
+        self.worker = worker
         self.failures: list[tuple[str, str]] = []
 
     def run_trial(self, trial, *args, **kwargs):
@@ -99,8 +109,14 @@ class _ProjectTrials:
                 initial_epoch = int(values["tuner/initial_epoch"])
         name = trial_folder(trial.trial_id)
         state = SweepTrial(sweep_dir=str(self.sweep_dir), name=name, warm_start=warm_start,
-                           initial_epoch=initial_epoch)
-        logging.info("Sweep %s, %s: %s", self.sweep_dir.name, name, _trial_values(trial))
+                           initial_epoch=initial_epoch, worker=self.worker)
+        done = _finished_elsewhere(self.sweep_dir / name, self.options.cluster_timeout)
+        if done is not None:  # handed out again after a chief's restart: not rerun
+            logging.info("Sweep %s, %s: finished already (%s %.4f); not run again",
+                         self.sweep_dir.name, name, OBJECTIVE, done)
+            return {OBJECTIVE: done}
+        logging.info("Sweep %s, %s%s: %s", self.sweep_dir.name, name,
+                     f" on worker {self.worker}" if self.worker else "", _trial_values(trial))
         try:
             metrics = train_run(self.experiment, self.options, config, self.strategy,
                                 trial=state)
@@ -120,6 +136,39 @@ class _ProjectTrials:
         if not history or history[-1].get(OBJECTIVE) is None:
             raise kt.errors.FailedTrialError(f"{name} reported no {OBJECTIVE}")
         return {OBJECTIVE: history[-1][OBJECTIVE]}
+
+
+def _finished_elsewhere(trial_dir: pathlib.Path, timeout: float) -> Optional[float]:
+    """The objective of a trial whose folder another process finished (or
+    finishes while this one waits for its lock, up to `timeout` seconds);
+    None where the trial is to be run (or resumed) here."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            metrics = files.read_json(trial_dir / files.METRICS_FILE)
+        except (OSError, ValueError):
+            metrics = None
+        if isinstance(metrics, dict) and metrics.get("status") in ("completed",
+                                                                   "stopped_early"):
+            history = metrics.get("history")
+            if isinstance(history, list) and history and isinstance(history[-1], dict) \
+                    and isinstance(history[-1].get(OBJECTIVE), (int, float)):
+                return float(history[-1][OBJECTIVE])
+        if not trial_dir.is_dir() or trial_dir.is_symlink():
+            return None
+        try:
+            Lock(trial_dir, "run").acquire().release()
+            return None  # nobody runs it: run or resume it here
+        except UserError:
+            if time.monotonic() > deadline:
+                raise UserError(f"{trial_dir} stays locked by another process after "
+                                f"{timeout:.0f} s (--cluster_timeout)") from None
+            if not said:
+                logging.info("%s is being run by another process; waiting for it",
+                             trial_dir.name)
+                said = True
+            time.sleep(2)
 
 
 def trial_folder(trial_id: str) -> str:
@@ -147,7 +196,8 @@ class _Bayesian(_ProjectTrials, kt.BayesianOptimization):
     pass
 
 
-def _make_tuner(experiment, options, config, strategy, sweep_dir, space):
+def _make_tuner(experiment, options, config, strategy, sweep_dir, space,
+                role: Optional[sweep_cluster.SweepRole] = None):
     common = dict(
         hypermodel=None, objective=kt.Objective(OBJECTIVE, "max"),
         hyperparameters=space, tune_new_entries=False,
@@ -172,9 +222,34 @@ def _make_tuner(experiment, options, config, strategy, sweep_dir, space):
     else:
         raise UserError(f"unknown --tuner={options.tuner!r}; choose one of: "
                         f"{', '.join(choices.TUNERS)}")
-    tuner._setup(experiment, options, config, strategy, sweep_dir)
-    _try_defaults_first(tuner.oracle, space, config)
+    worker = role.tuner_id if role is not None and not role.is_chief else None
+    tuner._setup(experiment, options, config, strategy, sweep_dir, worker)
+    if worker is None:  # the oracle is here, not behind gRPC
+        _try_defaults_first(tuner.oracle, space, config)
+        _end_each_trial_once(tuner.oracle)
     return tuner
+
+
+def _end_each_trial_once(oracle) -> None:
+    """A restarted chief puts the trials that were running into its retry
+    queue, though their workers may still finish them: a trial ended once is
+    taken out of that queue, and a second end (the same trial, finished
+    again by the worker it was handed to next) only frees that worker."""
+    end = oracle.end_trial
+
+    def end_trial(trial, *args, **kwargs):
+        trial_id = getattr(trial, "trial_id", trial)
+        queue = oracle._retry_queue  # pylint: disable=protected-access
+        while trial_id in queue:
+            queue.remove(trial_id)
+        if trial_id in oracle.end_order:
+            for tuner_id, ongoing in list(oracle.ongoing_trials.items()):
+                if ongoing.trial_id == trial_id:
+                    oracle.ongoing_trials.pop(tuner_id)
+            return None
+        return end(trial, *args, **kwargs)
+
+    oracle.end_trial = end_trial
 
 
 def _try_defaults_first(oracle, space: kt.HyperParameters, config: dict) -> None:
@@ -206,7 +281,7 @@ def _try_defaults_first(oracle, space: kt.HyperParameters, config: dict) -> None
     oracle._random_values = defaults_then_random  # pylint: disable=protected-access
 
 
-def _sweep_dir(options) -> tuple[pathlib.Path, bool, Lock]:
+def _sweep_dir(options, role=None) -> tuple[pathlib.Path, bool, Lock]:
     parent = pathlib.Path(options.results_dir) / options.experiment
     try:
         if options.sweep_name is None:
@@ -218,7 +293,12 @@ def _sweep_dir(options) -> tuple[pathlib.Path, bool, Lock]:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise files.os_error(e, "create the sweep folder") from None
-    return path, resuming, Lock(path, "sweep").acquire()
+    try:
+        return path, resuming, Lock(path, "sweep").acquire()
+    except UserError as e:
+        if role is not None:
+            raise UserError(f"{e}: a sweep has one chief") from None
+        raise
 
 
 def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
@@ -278,6 +358,10 @@ def run(experiment, options: RunOptions, config: dict,
             sweep started with other settings or data, damaged tuner
             state, or every trial failed.
     """
+    role = sweep_cluster.sweep_role(options.mode, options.strategy)
+    if role is not None and not options.sweep_name:
+        raise UserError("a distributed sweep needs --sweep_name, the same on the chief and "
+                        "every worker")
     space = search_space(experiment, config)
     fixed = {a.partition("=")[0].strip() for a in options.hparams}
     clash = sorted(fixed & set(space.values))
@@ -292,23 +376,119 @@ def run(experiment, options: RunOptions, config: dict,
                 "fixed_hparams": sorted(options.hparams), "seed": options.seed}
     data_dir = (str(pathlib.Path(options.data_dir).expanduser().resolve())
                 if options.data_dir else None)
-    sweep_dir, resuming, lock = _sweep_dir(options)
+    description = {"experiment": options.experiment, "settings": settings,
+                   "data": {"dataset": config["dataset"], "data_dir": data_dir},
+                   "search_space": space.get_config()}
+    if role is not None:
+        finished = (pathlib.Path(options.results_dir) / options.experiment
+                    / options.sweep_name / "best_hparams.json")
+        if finished.exists():
+            raise UserError(f"sweep {finished.parent} finished already (its best is in "
+                            f"{finished}); use another --sweep_name for a new sweep")
+    if role is not None and not role.is_chief:
+        return _work(experiment, options, config, strategy, space, description, role)
+    sweep_dir, resuming, lock = _sweep_dir(options, role)
     try:
-        _check_same_sweep(sweep_dir, {
-            "experiment": options.experiment, "settings": settings,
-            "data": {"dataset": config["dataset"], "data_dir": data_dir},
-            "search_space": space.get_config()})
+        _check_same_sweep(sweep_dir, description)
         logging.info("%s sweep %s (%s, %s); to resume after an interruption: "
                      "--sweep_name=%s", "Resuming" if resuming else "Starting", sweep_dir,
-                     options.tuner, strategy_lib.strategy_name(strategy), sweep_dir.name)
-        return _search(experiment, options, config, strategy, sweep_dir, space, epochs)
+                     options.tuner, "oracle only: the workers train"
+                     if role is not None else strategy_lib.strategy_name(strategy),
+                     sweep_dir.name)
+        return _search(experiment, options, config, strategy, sweep_dir, space, epochs,
+                       role)
     finally:
         lock.release()
 
 
-def _search(experiment, options, config, strategy, sweep_dir, space, epochs: int) -> dict:
+def _work(experiment, options, config, strategy, space, description: dict,
+          role: sweep_cluster.SweepRole) -> dict:
+    """A worker of a distributed sweep: waits for the chief's sweep.json,
+    checks its own settings against it, runs the trials the oracle hands it
+    until the oracle says the sweep is over."""
+    sweep_dir = pathlib.Path(options.results_dir) / options.experiment / options.sweep_name
+    folder = sweep_dir / "workers" / role.tuner_id
     try:
-        tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise files.os_error(e, "create the worker's folder") from None
+    lock = Lock(folder, f"worker {role.tuner_id} of sweep").acquire()
+    try:
+        chief = _wait_for_sweep(sweep_dir, options.cluster_timeout, role)
+        differs = _description_differences(chief, description)
+        if differs:
+            raise UserError(f"worker {role.tuner_id} was started with other settings than "
+                            f"the sweep's chief ({'; '.join(differs)}); start it with the "
+                            "chief's command")
+        from keras_tuner.src.distribute import oracle_client
+        oracle_client.TIMEOUT = options.cluster_timeout  # then one line, not an hour's wait
+        tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space, role)
+        import grpc
+        try:
+            tuner.search(verbose=0)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            raise UserError(f"worker {role.tuner_id} lost the sweep's oracle at {role.address}"
+                            f" ({getattr(code, 'name', code) or 'unreachable'} after "
+                            f"{options.cluster_timeout:.0f} s, --cluster_timeout): start (or "
+                            "restart) the chief with the same command, then this worker "
+                            "again") from None
+        ran = sorted(t.name for t in sweep_dir.glob("trial_*")
+                     if _worker_of(t) == role.tuner_id)
+        logging.info("Worker %s finished: the oracle has no more trials (this worker ran "
+                     "%s)", role.tuner_id, ", ".join(ran) or "none")
+        return {"sweep": str(sweep_dir), "worker": role.tuner_id, "trials": ran}
+    finally:
+        lock.release()
+
+
+def _worker_of(trial_dir: pathlib.Path) -> Optional[str]:
+    try:
+        config = files.read_json(trial_dir / files.CONFIG_FILE)
+        return (config.get("trial") or {}).get("worker")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _wait_for_sweep(sweep_dir: pathlib.Path, timeout: float,
+                    role: sweep_cluster.SweepRole) -> dict:
+    """sweep.json as the chief wrote it, waited for up to `timeout` s."""
+    path = sweep_dir / "sweep.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise UserError(f"no chief started sweep {sweep_dir} within {timeout:.0f} s "
+                            f"(--cluster_timeout; its oracle would be at {role.address}): start "
+                            f"the same command with {sweep_cluster.TUNER_ID_ENV}=chief")
+        time.sleep(1)
+    try:
+        previous = files.read_json(path)
+        if not isinstance(previous, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({e}); use another --sweep_name") from None
+    return previous
+
+
+def _description_differences(chief: dict, mine: dict) -> list[str]:
+    """Each setting where a worker's command differs from the chief's, as
+    "settings.max_trials: chief 4, this worker 8"."""
+    differs = []
+    for key in sorted(set(chief) | set(mine)):
+        a, b = chief.get(key), mine.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "search_space":
+            differs += [f"{key}.{k}: chief {a.get(k)!r}, this worker {b.get(k)!r}"
+                        for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            differs.append(f"{key} differs" if key == "search_space"
+                           else f"{key}: chief {a!r}, this worker {b!r}")
+    return differs
+
+
+def _search(experiment, options, config, strategy, sweep_dir, space, epochs: int,
+            role: Optional[sweep_cluster.SweepRole] = None) -> dict:
+    try:
+        tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space, role)
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise UserError(f"the Keras Tuner state in {sweep_dir / 'tuner'} is damaged "
                         f"({type(e).__name__}: {e}); use another --sweep_name") from None
