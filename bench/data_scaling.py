@@ -41,6 +41,10 @@ flags.DEFINE_string("folder_root", "/tmp/keras-experiments-scaling",
 flags.DEFINE_string("memory_limit", None, "Run each command in a cgroup v1 memory group of "
                     "this size (e.g. 2G; needs root).")
 flags.DEFINE_string("experiment", "mnist_mlp", "The experiment trained.")
+flags.DEFINE_integer("in_memory_size", 0, "Also train on the folder of this many files "
+                     "(one of --sizes) outside any cgroup, where it fits the memory budget "
+                     "and is cached in memory, and print each size's training images/s "
+                     "against it (0: not).", lower_bound=0)
 flags.DEFINE_string("results_dir", "results", "Where results/bench/ goes.")
 FLAGS = flags.FLAGS
 
@@ -71,6 +75,37 @@ def _run(args: list, env: dict, limit) -> dict:
     return run_measured(args, env=env)
 
 
+def _launch_args(folder, results: pathlib.Path, run_name: str) -> list:
+    return [sys.executable, str(_util.ROOT / "launch.py"), f"--experiment={FLAGS.experiment}",
+            "--dataset=image_folder", f"--data_dir={folder}", f"--results_dir={results}",
+            f"--hparams=image_size={FLAGS.image_size},image_channels=3", "--epochs=1",
+            f"--run_name={run_name}", "--verbose=2"]
+
+
+def in_memory_rate(size: int, images, labels, results: pathlib.Path) -> dict:
+    """Training images/s on the folder of `size` files outside any cgroup
+    (cached in memory where it fits the budget): the second of two runs, the
+    first preparing it."""
+    from tests.fixtures import run_measured, tinted_folder
+    folder = tinted_folder(pathlib.Path(FLAGS.folder_root) / f"{size}", size,
+                           FLAGS.image_size, images=images, labels=labels)
+    cache = pathlib.Path(tempfile.mkdtemp(prefix="scaling-cache-", dir=FLAGS.folder_root))
+    env = {**os.environ, "DATA_CACHE_DIR": str(cache)}
+    try:
+        for name in ("memory-first", "memory"):
+            outcome = run_measured(_launch_args(folder, results, f"n{size}-{name}"), env=env)
+            if outcome["returncode"] != 0:
+                raise SystemExit(f"data_scaling: the in-memory run failed: "
+                                 f"{outcome['stderr'][-2000:]}")
+        metrics = json.loads((results / FLAGS.experiment / f"n{size}-memory"
+                              / "metrics.json").read_text())
+        return {"files": size, "in_memory": metrics["data_in_memory"]["train"],
+                "train_images_per_second": metrics["history"][-1]["images_per_second"],
+                "peak_rss_bytes": outcome["peak_rss_bytes"]}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def measure(size: int, images, labels, results: pathlib.Path) -> dict:
     from tests.fixtures import tinted_folder
     folder = tinted_folder(pathlib.Path(FLAGS.folder_root) / f"{size}", size,
@@ -80,12 +115,8 @@ def measure(size: int, images, labels, results: pathlib.Path) -> dict:
     runs = {}
     try:
         for name in ("first", "second"):
-            args = [sys.executable, str(_util.ROOT / "launch.py"),
-                    f"--experiment={FLAGS.experiment}", "--dataset=image_folder",
-                    f"--data_dir={folder}", f"--results_dir={results}",
-                    f"--hparams=image_size={FLAGS.image_size},image_channels=3",
-                    "--epochs=1", f"--run_name=n{size}-{name}", "--verbose=2"]
-            outcome = _run(args, env, FLAGS.memory_limit)
+            outcome = _run(_launch_args(folder, results, f"n{size}-{name}"), env,
+                           FLAGS.memory_limit)
             if outcome["returncode"] != 0:
                 raise SystemExit(f"data_scaling: {name} run on {size} files failed "
                                  f"(exit {outcome['returncode']}, OOM kills "
@@ -99,6 +130,7 @@ def measure(size: int, images, labels, results: pathlib.Path) -> dict:
                           "cache": report["cache"],
                           "train_images_per_second": metrics["history"][-1]["images_per_second"],
                           "num_test_examples": metrics["num_test_examples"],
+                          "in_memory": metrics["data_in_memory"],
                           "test_accuracy": metrics["test_accuracy"],
                           "totals": report["totals"]}
     finally:
@@ -127,8 +159,18 @@ def main(argv):
                   f"{'skipped' if second['cache']['hit'] else 'REPEATED'}, "
                   f"{second['train_images_per_second']:,.0f} images/s); test images scored "
                   f"{first['num_test_examples']:,} of {first['totals']['test']:,}")
+        reference = (in_memory_rate(FLAGS.in_memory_size, images, labels, results)
+                     if FLAGS.in_memory_size else None)
     finally:
         shutil.rmtree(results, ignore_errors=True)
+    if reference:
+        for size in sizes:
+            rate = figures[size]["runs"]["first"]["train_images_per_second"]
+            figures[size]["against_in_memory"] = rate / reference["train_images_per_second"]
+        print(f"data_scaling: in memory ({reference['files']:,} files, no cgroup): "
+              f"{reference['train_images_per_second']:,.0f} images/s, cached in memory: "
+              f"{reference['in_memory']}; each size against it: " + ", ".join(
+                  f"{size:,} x{figures[size]['against_in_memory']:.2f}" for size in sizes))
     small, large = figures[sizes[0]], figures[sizes[-1]]
     time_ratio = (large["prepare_seconds"] / large["files"]) / (
         small["prepare_seconds"] / small["files"])
@@ -139,7 +181,8 @@ def main(argv):
     _util.write("data_scaling", FLAGS.results_dir, {
         "sizes": sizes, "image_size": FLAGS.image_size, "experiment": FLAGS.experiment,
         "memory_limit": FLAGS.memory_limit, "real_fashion_mnist": images is not None,
-        "figures": figures, "time_per_image_ratio": time_ratio,
+        "figures": figures, "in_memory_reference": reference,
+        "time_per_image_ratio": time_ratio,
         "peak_memory_ratio": memory_ratio})
 
 

@@ -97,6 +97,16 @@ class _ProjectTrials:
         self.worker = worker
         self.failures: list[tuple[str, str]] = []
 
+    def search(self, *args, **kwargs):
+        """Keras Tuner's search; a distributed sweep's chief serves the
+        oracle (serve_oracle()) instead of running trials."""
+        role = sweep_cluster.sweep_role("tune", self.options.strategy)
+        if role is not None and role.is_chief:
+            self.save()
+            serve_oracle(self.oracle, role)
+            return
+        super().search(*args, **kwargs)
+
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
         config = {**self.base_config, **_trial_values(trial)}
@@ -182,6 +192,48 @@ def trial_folder(trial_id: str) -> str:
         The folder's name within the sweep's folder, e.g. "trial_1".
     """
     return f"trial_{int(trial_id) + 1}"
+
+
+def serve_oracle(oracle, role: sweep_cluster.SweepRole, poll_seconds: float = 1.0) -> None:
+    """Serves `oracle` to the workers until the sweep is over: Keras Tuner's
+    own servicer (oracle_chief.OracleServicer) on a gRPC server bound to the
+    role's address, ended once a worker has been told the sweep is over and
+    no trial is running nor any worker still asking.
+
+    Keras Tuner's start_server() checks the end every 20 s and says nothing
+    when it cannot bind its port; this checks every `poll_seconds` and
+    refuses an address it cannot serve.
+
+    Args:
+        oracle: the chief's oracle.
+        role: the chief's role (host and port to bind).
+        poll_seconds: how often the end is checked.
+
+    Raises:
+        UserError: the address cannot be bound (a port in use, a host that
+            is not this machine's).
+    """
+    from concurrent import futures
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = oracle_chief.OracleServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    try:
+        bound = server.add_insecure_port(role.address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise UserError(f"cannot serve the sweep's oracle at {role.address} (the port is in "
+                        f"use, or the host is not this machine's): set "
+                        f"{sweep_cluster.ORACLE_PORT_ENV} to a free port")
+    server.start()
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
+            time.sleep(poll_seconds)
+    finally:
+        server.stop(grace=5)
 
 
 class _Hyperband(_ProjectTrials, kt.Hyperband):
