@@ -286,7 +286,7 @@ def test_the_second_read_comes_from_the_prepared_copy_and_a_change_prepares_it_a
     prepared._HELD.clear()
     _save(folder / "Bag" / "newer.png", np.ones((28, 28), np.uint8))
     image_folder.load(str(folder), image_size=28, image_channels=1)
-    assert [p.name.split("-")[2] for p in _copies(cache)] == ["14x14x1", "28x28x1"]
+    assert [p.name.split("-")[2] for p in _copies(cache)] == ["s14c1", "s28c1"]
 
 
 def _damage_truncated(copy: pathlib.Path) -> None:

@@ -516,23 +516,27 @@ def _facts(scanned: _Scan, records: list[list], splits: list[str],
     }
 
 
-def _prepare(scanned: _Scan, splits: list[str], hashes: list[float],
-             shape: tuple[int, int, int], carving: dict) -> prepared.Copy:
+def _prepare(scanned: _Scan, splits: list[str], hashes: list[float], size: int,
+             channels: int, carving: dict) -> prepared.Copy:
     """Decodes every file once into the prepared copy (or reads the copy
-    an earlier run made)."""
+    an earlier run made). The copy is keyed by the size and channels asked
+    for (0: the images' own), so the files' headers are read for the shape
+    only when a copy is prepared."""
     files = scanned.files
     label_of = {name: i for i, name in enumerate(scanned.classes)}
     key = prepared.key_of({
-        "folder": str(scanned.folder), "shape": shape, "carving": carving,
+        "folder": str(scanned.folder), "size": size, "channels": channels,
+        "carving": carving,
         "files": hashlib.sha256(b"".join(f.key + b"\0" + f"{f.size}\0{f.mtime_ns}\n".encode()
                                          for f in files)).hexdigest()})
     folder_key = hashlib.sha256(os.fsencode(str(scanned.folder))).hexdigest()[:12]
-    family = f"{DATASET}-{folder_key}-{shape[0]}x{shape[1]}x{shape[2]}"
+    family = f"{DATASET}-{folder_key}-s{size}c{channels}"
     order = {split: sorted((i for i in range(len(files)) if splits[i] == split),
                            key=lambda i: (hashes[i], i)) for split in SPLITS}
-    pixels = int(np.prod(shape))
 
     def write(writer: prepared.Writer):
+        shape = writer.image_shape
+        pixels = int(np.prod(shape))
         counts = {split: prepared.shard_count(len(order[split]), pixels) for split in SPLITS}
         plan = [(split, k, order[split][k * len(order[split]) // counts[split]:
                                         (k + 1) * len(order[split]) // counts[split]])
@@ -575,8 +579,9 @@ def _prepare(scanned: _Scan, splits: list[str], hashes: list[float],
         facts["decode_seconds"] = round(seconds, 3)
         return counts, excluded, facts
 
-    return prepared.prepare(family, key, shape, write,
-                            what=f"the image folder {display(str(scanned.folder))}")
+    return prepared.prepare(family, key, lambda: _target_shape(scanned, channels, size), write,
+                            what=f"the image folder {display(str(scanned.folder))}",
+                            expected=(size, size, channels))
 
 
 def _valid_records(records: Any, chunk: list[int]) -> bool:
@@ -766,17 +771,16 @@ def load(data_dir: Optional[str], *, validation_fraction: float = 0.1,
                "test_fraction": test_fraction if scanned.layout == "class_folders" else None,
                "validation_from": ("validation/" if "validation" in scanned.split_folders
                                    else "train")}
-    shape = _target_shape(scanned, image_channels, image_size)
-    copy = _prepare(scanned, splits, hashes, shape, carving)
+    copy = _prepare(scanned, splits, hashes, image_size, image_channels, carving)
     try:
         _check_facts(copy.extra, scanned, copy)
     except ValueError as e:
         logging.warning("Ignoring the prepared copy %s (%s); preparing it again",
                         copy.folder, e)
         shutil.rmtree(copy.folder, ignore_errors=True)
-        copy = _prepare(scanned, splits, hashes, shape, carving)
+        copy = _prepare(scanned, splits, hashes, image_size, image_channels, carving)
         _check_facts(copy.extra, scanned, copy)
-    facts = copy.extra
+    facts, shape = copy.extra, copy.image_shape
     cache = {"hit": not copy.prepared, "path": str(copy.folder),
              "decoded_files": facts["decoded_files"] if copy.prepared else 0,
              "seconds": round(copy.seconds, 3)}

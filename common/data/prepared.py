@@ -46,7 +46,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from absl import logging
 import numpy as np
@@ -503,8 +503,9 @@ def key_of(parts: Any) -> str:
     return hashlib.sha256(json.dumps([VERSION, parts], sort_keys=True).encode()).hexdigest()[:24]
 
 
-def prepare(family: str, key: str, image_shape: Sequence[int],
-            write: Callable[[Writer], tuple[dict, dict, dict]], *, what: str) -> Copy:
+def prepare(family: str, key: str, image_shape: Union[Sequence[int], Callable[[], Sequence[int]]],
+            write: Callable[[Writer], tuple[dict, dict, dict]], *, what: str,
+            expected: Optional[Sequence[int]] = None) -> Copy:
     """The prepared copy `family`-`key`: read where complete and sound,
     else written by `write` (resuming an interrupted pass).
 
@@ -513,12 +514,16 @@ def prepare(family: str, key: str, image_shape: Sequence[int],
             "image_folder-3f2a...-s28c1"); older copies of the same family
             are deleted once this one is complete, unless in use.
         key: key_of() what the content depends on.
-        image_shape: (H, W, C) of every image.
+        image_shape: (H, W, C) of every image, or a function that works it
+            out (called only where the copy is prepared: it may read every
+            source file's header).
         write: writes the shards: called as write(writer); returns (counts
             {split: shards}, excluded {split: [record indices]}, extra
             (JSON-able facts kept in the manifest)).
         what: the source in words, for the log ("Fashion-MNIST's original
             files in /usr/share/datasets/fashion-mnist").
+        expected: what a copy found complete must hold, (H, W, C) with 0 for
+            "any" (its own size, its own channels); default: image_shape.
 
     Returns:
         The checked Copy.
@@ -547,9 +552,11 @@ def prepare(family: str, key: str, image_shape: Sequence[int],
         if final.is_dir() and not final.is_symlink():
             try:
                 copy = read_copy(final)
-                if copy.image_shape != tuple(int(d) for d in image_shape):
+                wanted = expected if expected is not None else image_shape
+                if callable(wanted) or any(want and want != have for want, have in
+                                           zip(wanted, copy.image_shape)):
                     raise ValueError(f"its images are {copy.image_shape}, not "
-                                     f"{tuple(image_shape)}")
+                                     f"{tuple(wanted) if not callable(wanted) else 'known'}")
                 _hold_shared(final)
                 return dataclasses.replace(copy, seconds=time.perf_counter() - start)
             except (OSError, ValueError) as e:
@@ -560,7 +567,7 @@ def prepare(family: str, key: str, image_shape: Sequence[int],
         if partial.is_symlink() or (os.path.lexists(partial) and not partial.is_dir()):
             pathlib.Path(partial).unlink()
         partial.mkdir(exist_ok=True)
-        writer = Writer(partial, image_shape)
+        writer = Writer(partial, image_shape() if callable(image_shape) else image_shape)
         try:
             counts, excluded, extra = write(writer)
             manifest = writer.manifest(counts, excluded, extra)

@@ -358,12 +358,7 @@ def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
     if not path.exists():
         files.write_json_atomic(path, description)
         return
-    try:
-        previous = files.read_json(path)
-        if not isinstance(previous, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is damaged ({e}); use another --sweep_name") from None
+    previous = _read_sweep_json(path)
     for key, what in (("settings", "tuner settings"), ("data", "data")):
         if previous.get(key) != description[key]:
             raise UserError(f"sweep {sweep_dir} was started with other {what} "
@@ -513,6 +508,11 @@ def _wait_for_sweep(sweep_dir: pathlib.Path, timeout: float,
                             f"(--cluster_timeout; its oracle would be at {role.address}): start "
                             f"the same command with {sweep_cluster.TUNER_ID_ENV}=chief")
         time.sleep(1)
+    return _read_sweep_json(path)
+
+
+def _read_sweep_json(path: pathlib.Path) -> dict:
+    """A sweep's sweep.json, a JSON object, or UserError saying it is damaged."""
     try:
         previous = files.read_json(path)
         if not isinstance(previous, dict):
