@@ -63,12 +63,14 @@ def test_corrupt_file_is_one_line_and_no_run_is_reported(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("budget", ["auto", "0"])  # cached in memory; streamed from disk
+def test_killed_run_resumes_where_it_stopped(tmp_path, budget):
     folder = write_idx_dataset(tmp_path / "idx", num_train=2000, num_test=100)
     epochs = 12
     args = [sys.executable, str(ROOT / "launch.py"), "--experiment=mnist_lenet",
             f"--data_dir={folder}", f"--results_dir={tmp_path / 'results'}",
-            "--run_name=resume", f"--epochs={epochs}", "--batch_size=16", "--verbose=2"]
+            "--run_name=resume", f"--epochs={epochs}", "--batch_size=16", "--verbose=2",
+            f"--data_memory_budget={budget}"]
     run_dir = tmp_path / "results" / "mnist_lenet" / "resume"
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -81,6 +83,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     output = resumed.stdout + resumed.stderr
     assert "Resuming run" in output
+    assert ("streamed from" in output) == (budget == "0")
     first_epoch = int(output.split("Epoch ")[1].split("/")[0])
     assert first_epoch == len(done_before) + 1  # Keras counts from 1
     assert "Epoch 1/" not in output  # no epoch was redone

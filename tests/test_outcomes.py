@@ -249,13 +249,16 @@ def test_strict_json_everywhere(tmp_path):
 
 
 @pytest.mark.slow
-def test_deterministic_runs_repeat_exactly(tmp_path, idx_dir):
+@pytest.mark.parametrize("budget", ["auto", "0"])  # cached in memory; streamed from disk
+def test_deterministic_runs_repeat_exactly(tmp_path, idx_dir, budget):
     figures = []
     for name in ("a", "b"):
         result = _launch("--experiment=mnist_lenet", f"--data_dir={idx_dir}", "--epochs=2",
                          "--batch_size=32", "--deterministic", "--seed=3", "--verbose=0",
-                         f"--results_dir={tmp_path}", f"--run_name={name}")
+                         f"--results_dir={tmp_path}", f"--run_name={name}",
+                         f"--data_memory_budget={budget}")
         assert result.returncode == 0, result.stderr[-3000:]
+        assert ("streamed from" in result.stderr) == (budget == "0")
         metrics = _strict(tmp_path / "mnist_lenet" / name / "metrics.json")
         figures.append((metrics["test_accuracy"], metrics["test_loss"],
                         [(r["loss"], r["val_loss"]) for r in metrics["history"]],

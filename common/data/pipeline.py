@@ -32,8 +32,10 @@ from common.data.splits import Pipelines, Split, Splits
 from common.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
-SHUFFLE_BYTES = 256 * 2**20    # the most a streaming shuffle buffer holds
-MIN_SHUFFLE_EXAMPLES = 1_000   # ... unless that is fewer examples than this
+SHUFFLE_BYTES = 256 * 2**20    # the most a streaming shuffle buffer holds ...
+SHUFFLE_SHARE = 4              # ... and at most 1/4 of the memory budget
+MIN_SHUFFLE_EXAMPLES = 64      # ... unless that is fewer examples than this
+MIN_AUTOTUNE_BYTES = 64 * 2**20
 
 
 def _to_float(images, labels):
@@ -47,27 +49,33 @@ def _options(deterministic: bool, budget: Optional[memory.Budget]) -> tf.data.Op
         tf.data.experimental.AutoShardPolicy.OFF)
     options.deterministic = deterministic
     if budget is not None:
-        # What tf.data's autotuned buffers (prefetch, parallel maps) may hold.
-        options.autotune.ram_budget = max(budget.total, 256 * 2**20)
+        # What tf.data's autotuned buffers (prefetch, parallel maps) may hold:
+        # half the budget (the shuffle buffer has a quarter).
+        options.autotune.ram_budget = max(budget.total // 2, MIN_AUTOTUNE_BYTES)
     return options
 
 
-def shuffle_buffer(split: Split, examples: int, in_memory: bool) -> int:
+def shuffle_buffer(split: Split, examples: int, in_memory: bool,
+                   budget: Optional[memory.Budget] = None) -> int:
     """The training shuffle buffer, in examples: the whole share where it is
-    in memory, else as many as SHUFFLE_BYTES hold (at least
+    in memory, else as many as hold in SHUFFLE_BYTES or a SHUFFLE_SHARE-th
+    of the memory budget, whichever is smaller (at least
     MIN_SHUFFLE_EXAMPLES, at most the share).
 
     Args:
         split: the training split.
         examples: this worker's examples.
         in_memory: whether the share is cached in memory.
+        budget: the run's memory budget, or None (SHUFFLE_BYTES alone).
 
     Returns:
         The buffer's size, at least 1.
     """
     if in_memory:
         return max(1, examples)
-    return max(1, min(examples, max(MIN_SHUFFLE_EXAMPLES, SHUFFLE_BYTES // split.example_bytes)))
+    room = SHUFFLE_BYTES if budget is None else min(SHUFFLE_BYTES,
+                                                    budget.total // SHUFFLE_SHARE)
+    return max(1, min(examples, max(MIN_SHUFFLE_EXAMPLES, room // split.example_bytes)))
 
 
 def train_stream(split: Split, batch_size: int, *, in_memory: bool, num_workers: int = 1,
@@ -111,7 +119,7 @@ def train_stream(split: Split, batch_size: int, *, in_memory: bool, num_workers:
     ds = records if records is not None else split.examples(num_workers, worker_index, **read)
     if in_memory:
         ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer(split, examples, in_memory), seed=seed,
+    ds = ds.shuffle(shuffle_buffer(split, examples, in_memory, budget), seed=seed,
                     reshuffle_each_iteration=True).repeat()
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
@@ -173,10 +181,12 @@ def _decide(splits: Splits, budget: memory.Budget, num_workers: int, worker_inde
         examples = split.share_size(num_workers, worker_index)
         size = examples * split.example_bytes
         in_memory[name] = budget.take(size)
+        how = "in memory" if in_memory[name] else f"streamed from {split.num_files()} file(s)"
         if not in_memory[name] and name == "train":
-            budget.take(shuffle_buffer(split, examples, False) * split.example_bytes)
-        how = ("in memory" if in_memory[name] else
-               f"streamed from {split.num_files()} file(s)")
+            buffer = shuffle_buffer(split, examples, False, budget)
+            budget.take(buffer * split.example_bytes)
+            how += (f" through a shuffle buffer of {buffer:,} examples "
+                    f"({memory.human(buffer * split.example_bytes)})")
         parts.append(f"{name} {examples:,} examples ({memory.human(size)}) {how}")
     share = ""
     if num_workers > 1:
