@@ -155,9 +155,5 @@ def log_summary(report: dict) -> None:
                  converted["any"], report["target"]["height"], report["target"]["width"],
                  report["target"]["channels"], converted["alpha_flattened"],
                  converted["channels"], converted["resized"])
-    if cache["hit"]:
-        logging.info("Images read from the prepared copy %s (no decoding; checked in %.2f s)",
-                     cache["path"], cache["seconds"])
-    else:
-        logging.info("Prepared %d files in %.2f s into %s", cache["decoded_files"],
-                     cache["seconds"], cache["path"])
+    if cache["hit"]:  # (a new copy was logged as it was prepared)
+        logging.info("Images read from the prepared copy %s (no decoding)", cache["path"])
