@@ -33,9 +33,13 @@ from common.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BYTES = 256 * 2**20    # the most a streaming shuffle buffer holds ...
-SHUFFLE_SHARE = 4              # ... and at most 1/4 of the memory budget
-MIN_SHUFFLE_EXAMPLES = 64      # ... unless that is fewer examples than this
+SHUFFLE_SHARE = 4              # ... and at most 1/4 of the memory budget ...
+SHUFFLE_FLOOR_BYTES = 32 * 2**20  # ... but never less than this (budget 0 too)
+MIN_SHUFFLE_EXAMPLES = 64      # ... nor fewer examples than this
 MIN_AUTOTUNE_BYTES = 64 * 2**20
+# Evaluation streams (validation every epoch, beside the training stream's
+# buffers) keep a fixed few batches in flight: scoring is not what waits.
+EVAL_BATCHES_IN_FLIGHT = 2
 
 
 def _to_float(images, labels):
@@ -49,9 +53,9 @@ def _options(deterministic: bool, budget: Optional[memory.Budget]) -> tf.data.Op
         tf.data.experimental.AutoShardPolicy.OFF)
     options.deterministic = deterministic
     if budget is not None:
-        # What tf.data's autotuned buffers (prefetch, parallel maps) may hold:
-        # half the budget (the shuffle buffer has a quarter).
-        options.autotune.ram_budget = max(budget.total // 2, MIN_AUTOTUNE_BYTES)
+        # What the training stream's autotuned buffers (prefetch, parallel
+        # maps) may hold: a quarter of the budget, as the shuffle buffer.
+        options.autotune.ram_budget = max(budget.total // 4, MIN_AUTOTUNE_BYTES)
     return options
 
 
@@ -59,8 +63,9 @@ def shuffle_buffer(split: Split, examples: int, in_memory: bool,
                    budget: Optional[memory.Budget] = None) -> int:
     """The training shuffle buffer, in examples: the whole share where it is
     in memory, else as many as hold in SHUFFLE_BYTES or a SHUFFLE_SHARE-th
-    of the memory budget, whichever is smaller (at least
-    MIN_SHUFFLE_EXAMPLES, at most the share).
+    of the memory budget, whichever is smaller, but at least
+    SHUFFLE_FLOOR_BYTES (a budget of 0 still shuffles) and at least
+    MIN_SHUFFLE_EXAMPLES; at most the share.
 
     Args:
         split: the training split.
@@ -73,8 +78,8 @@ def shuffle_buffer(split: Split, examples: int, in_memory: bool,
     """
     if in_memory:
         return max(1, examples)
-    room = SHUFFLE_BYTES if budget is None else min(SHUFFLE_BYTES,
-                                                    budget.total // SHUFFLE_SHARE)
+    room = SHUFFLE_BYTES if budget is None else min(
+        SHUFFLE_BYTES, max(SHUFFLE_FLOOR_BYTES, budget.total // SHUFFLE_SHARE))
     return max(1, min(examples, max(MIN_SHUFFLE_EXAMPLES, room // split.example_bytes)))
 
 
@@ -321,8 +326,8 @@ def eval_stream(split: Split, global_batch: int, num_workers: int = 1,
                     tf.cast(indices >= 0, tf.float32))
 
         ds = records.batch(global_batch, drop_remainder=True).map(
-            parse, num_parallel_calls=AUTOTUNE)
-        return ds.with_options(_options(True, budget)).prefetch(AUTOTUNE)
+            parse, num_parallel_calls=EVAL_BATCHES_IN_FLIGHT)
+        return ds.with_options(_options(True, None)).prefetch(EVAL_BATCHES_IN_FLIGHT)
     weighted = split.examples(num_workers, worker_index).map(
         lambda x, y: (x, y, tf.constant(1.0)))
     if pad:
@@ -333,8 +338,9 @@ def eval_stream(split: Split, global_batch: int, num_workers: int = 1,
     if in_memory:
         weighted = weighted.cache()
     ds = weighted.batch(global_batch, drop_remainder=True)
-    ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=AUTOTUNE)
-    return ds.with_options(_options(True, budget)).prefetch(AUTOTUNE)
+    ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w),
+                num_parallel_calls=EVAL_BATCHES_IN_FLIGHT)
+    return ds.with_options(_options(True, None)).prefetch(EVAL_BATCHES_IN_FLIGHT)
 
 
 def batches(split: Split, batch_size: int = 256):
