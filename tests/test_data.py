@@ -157,12 +157,14 @@ def _eval_batches(split, batch, workers, index):
     return list(pipeline.eval_stream(split, batch, workers, index))
 
 
-@pytest.mark.parametrize("examples, batch, workers", [
-    (30, 32, 1), (65, 64, 1), (99, 99, 1), (64, 16, 1),
-    (100, 16, 2), (45, 8, 3),     # by file: 8 shards
-    (30, 4, 9)])                  # by element: more workers than shards
+@pytest.mark.parametrize("examples, batch, workers, by_file", [
+    (30, 32, 1, False), (65, 64, 1, False), (99, 99, 1, False), (64, 16, 1, False),
+    (100, 16, 2, True),           # by file: 8 shards, 4 each
+    (45, 8, 3, False),            # 8 shards over 3 workers: 3, 3, 2 (unequal): by element
+    (96, 8, 4, True),
+    (30, 4, 9, False)])           # by element: more workers than shards
 def test_evaluation_streams_score_every_example_once_on_any_number_of_workers(
-        tmp_path, examples, batch, workers):
+        tmp_path, examples, batch, workers, by_file):
     splits = sources.load("mnist", data_dir=str(write_idx_dataset(tmp_path, 100, examples)))
     split = splits.test
     assert split.num_files() == min(8, examples)
@@ -175,7 +177,7 @@ def test_evaluation_streams_score_every_example_once_on_any_number_of_workers(
     assert weights == examples
     assert sorted(_pixels(np.concatenate(real))) == sorted(_pixels(_arrays(split)[0]))
     assert sum(split.share_size(workers, w) for w in range(workers)) == examples
-    assert split.by_file(workers) == (1 < workers <= split.num_files())
+    assert split.by_file(workers) == by_file
 
 
 def test_training_pipeline_reshuffles_every_pass(tmp_path):

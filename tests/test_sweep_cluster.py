@@ -275,3 +275,29 @@ def test_a_second_chief_other_settings_and_a_lost_oracle_are_one_line(data, tmp_
     assert line == (f"launch.py: error: no chief started sweep {tmp_path}/mnist_lenet/never "
                     f"within 3 s (--cluster_timeout; its oracle would be at 127.0.0.1:{port}): "
                     "start the same command with KERASTUNER_TUNER_ID=chief")
+
+
+def test_a_chiefs_oracle_ends_each_trial_once_and_a_real_result_wins(tmp_path):
+    import keras_tuner as kt
+    from common.modes import tune
+    space = kt.HyperParameters()
+    space.Float("learning_rate", 1e-4, 1e-2)
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"),
+                                           max_trials=4, hyperparameters=space)
+    oracle._set_project_dir(str(tmp_path), "tuner")
+    tune._end_each_trial_once(oracle)
+    first = oracle.create_trial("tuner0")
+    oracle._retry_queue.append(first.trial_id)  # as a restarted chief queues it
+    stand_in = kt.engine.trial.Trial(oracle.get_space(), first.trial_id,
+                                     kt.engine.trial.TrialStatus.FAILED)
+    oracle.end_trial(stand_in)
+    assert first.trial_id not in oracle._retry_queue
+    assert oracle.trials[first.trial_id].status == "FAILED"
+    oracle.update_trial(first.trial_id, {"val_accuracy": 0.9})
+    done = oracle.trials[first.trial_id]
+    done.status = kt.engine.trial.TrialStatus.COMPLETED
+    oracle.end_trial(done)  # the worker that really ran it reports
+    assert oracle.trials[first.trial_id].status == "COMPLETED"
+    assert oracle.end_order.count(first.trial_id) == 1
+    oracle.end_trial(done)  # reported a second time: ignored
+    assert oracle.end_order.count(first.trial_id) == 1

@@ -527,8 +527,7 @@ def _prepare(scanned: _Scan, splits: list[str], hashes: list[float], size: int,
     key = prepared.key_of({
         "folder": str(scanned.folder), "size": size, "channels": channels,
         "carving": carving,
-        "files": hashlib.sha256(b"".join(f.key + b"\0" + f"{f.size}\0{f.mtime_ns}\n".encode()
-                                         for f in files)).hexdigest()})
+        "files": hashlib.sha256(b"".join(map(_fingerprint, files))).hexdigest()})
     folder_key = hashlib.sha256(os.fsencode(str(scanned.folder))).hexdigest()[:12]
     family = f"{DATASET}-{folder_key}-s{size}c{channels}"
     order = {split: sorted((i for i in range(len(files)) if splits[i] == split),
@@ -549,8 +548,7 @@ def _prepare(scanned: _Scan, splits: list[str], hashes: list[float], size: int,
         decoded = 0
         with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
             for split, k, chunk in plan:
-                if done[(split, k)] is not None and _valid_records(
-                        done[(split, k)]["records"], chunk):
+                if done[(split, k)] is not None and _valid_records(done[(split, k)], chunk):
                     records += done[(split, k)]["records"]
                     progress.add(len(chunk))
                     continue
@@ -584,23 +582,35 @@ def _prepare(scanned: _Scan, splits: list[str], hashes: list[float], size: int,
                             expected=(size, size, channels))
 
 
-def _valid_records(records: Any, chunk: list[int]) -> bool:
-    """Whether an interrupted pass's records of a shard are what _read_one
-    makes, for the files of `chunk`."""
+def _valid_records(progress: dict, chunk: list[int]) -> bool:
+    """Whether an interrupted pass's progress of a shard is what this pass
+    writes for the files of `chunk`: one record per file, in order, each of
+    _read_one's form (a usable one with its digest, format and mode, an
+    unusable one with its reason), and the shard's records exactly the
+    usable files."""
+    records = progress.get("records")
+
     def valid(r, i):
-        return (isinstance(r, list) and len(r) == 9 and r[0] == i
-                and (isinstance(r[1], str) or (r[1] is None and isinstance(r[2], str)))
-                and all(isinstance(v, (str, type(None))) for v in r[2:5])
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in r[5:]))
-    return (isinstance(records, list) and len(records) == len(chunk)
-            and all(valid(r, i) for r, i in zip(records, chunk)))
+        if not (isinstance(r, list) and len(r) == 9 and r[0] == i
+                and all(prepared.is_count(v) for v in r[5:])):
+            return False
+        if r[1] is None:
+            return isinstance(r[2], str)
+        return isinstance(r[1], str) and r[2] is None and isinstance(r[3], str) \
+            and isinstance(r[4], str)
+
+    if not (isinstance(records, list) and len(records) == len(chunk)
+            and all(valid(r, i) for r, i in zip(records, chunk))):
+        return False
+    usable = [r[0] for r in records if r[1] is not None]
+    written = [i for start, stop in progress.get("indices", []) for i in range(start, stop)]
+    return usable == written and progress.get("examples") == len(usable)
 
 
 def _check_facts(facts: dict, scanned: _Scan, copy: prepared.Copy) -> None:
     """Raises ValueError unless the manifest's facts are what the pass writes
     and agree with the copy's counts."""
-    def is_count(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    is_count = prepared.is_count
 
     def named_list(value, keys):
         return isinstance(value, list) and all(
@@ -623,23 +633,38 @@ def _check_facts(facts: dict, scanned: _Scan, copy: prepared.Copy) -> None:
     if not (isinstance(duplicates, dict) and all(isinstance(duplicates.get(k), list) for k in (
             "within_class", "across_classes", "across_splits"))):
         raise ValueError("its duplicates are not three lists")
-    for entry in (e for k in ("within_class", "across_classes", "across_splits")
-                  for e in duplicates[k]):
-        if not isinstance(entry, dict) or not all(
-                isinstance(v, (str, type(None))) or (isinstance(v, list) and all(
-                    isinstance(x, str) for x in v)) for v in entry.values()):
-            raise ValueError("a duplicate entry is not names of files")
+    shapes = {"within_class": {"class": str, "split": str, "kept": str, "dropped": list},
+              "across_classes": {"classes": list, "files": list},
+              "across_splits": {"class": str, "split": str, "removed": str,
+                                "train_copy": (str, type(None))}}
+    for kind, keys in shapes.items():
+        for entry in duplicates[kind]:
+            extra_keys = set(entry) - set(keys) if isinstance(entry, dict) else set()
+            if not isinstance(entry, dict) or not set(keys) <= set(entry) \
+                    or extra_keys - {"validation_copy"} or not all(
+                        isinstance(entry[k], t) for k, t in keys.items()) or not all(
+                        all(isinstance(x, str) for x in entry[k]) for k, t in keys.items()
+                        if t is list) or not isinstance(entry.get("validation_copy", ""), str):
+                raise ValueError(f"a {kind} duplicate is not names of files")
     seen = facts.get("images")
     if not (isinstance(seen, dict) and all(
             isinstance(seen.get(k), dict) and all(isinstance(n, str) and is_count(v)
                                                   for n, v in seen[k].items())
-            for k in ("sizes", "modes", "formats", "converted"))):
+            for k in ("sizes", "modes", "formats", "converted"))
+            and set(seen["converted"]) == {"alpha_flattened", "channels", "resized",
+                                           "exif_rotated", "any"}):
         raise ValueError("its image facts are not counts")
     for key in ("images_decoded", "decoded_files"):
         if not is_count(facts.get(key)):
             raise ValueError(f"its {key} is not a count")
     if not isinstance(facts.get("decode_seconds"), (int, float)):
         raise ValueError("its decode_seconds is not a number")
+
+
+def _fingerprint(f: _File) -> bytes:
+    """What a file contributes to a copy's key and to file_set(): its path's
+    bytes, size and modification time."""
+    return f.key + b"\0" + f"{f.size}\0{f.mtime_ns}\n".encode()
 
 
 def file_set(scanned: _Scan) -> dict[str, Any]:
@@ -657,7 +682,7 @@ def file_set(scanned: _Scan) -> dict[str, Any]:
     overall = hashlib.sha256()
     per_class: dict[str, Any] = {}
     for f in scanned.files:
-        line = f.key + b"\0" + f"{f.size}\0{f.mtime_ns}\n".encode()
+        line = _fingerprint(f)
         overall.update(line)
         per_class.setdefault(f.label, [0, hashlib.sha256()])
         per_class[f.label][0] += 1
@@ -691,7 +716,8 @@ def describe_change(before: Any, now: dict) -> str:
     for name in sorted(set(old) | set(now["classes"])):
         was = old.get(name)
         count, digest = now["classes"].get(name, [0, ""])
-        was_count = was[0] if isinstance(was, list) and len(was) == 2 else 0
+        was_count = was[0] if isinstance(was, list) and len(was) == 2 \
+            and prepared.is_count(was[0]) else 0
         if was is None:
             parts.append(f"class {name!r} added ({count} image files)")
         elif name not in now["classes"]:

@@ -311,12 +311,11 @@ def eval_stream(split: Split, global_batch: int, num_workers: int = 1,
     num_workers = max(1, num_workers)
     shares = [split.share_size(num_workers, w) for w in range(num_workers)]
     batches = max(1, max(math.ceil(n / global_batch) for n in shares))
-    pad = batches * global_batch - shares[worker_index]
     records = split.records(num_workers, worker_index)
+    size = batches * global_batch  # by construction: whatever the reader yields
     if records is not None:  # parsed a batch at a time; the filler's index is -1
-        if pad:
-            records = records.concatenate(
-                tf.data.Dataset.from_tensors(split.filler()).repeat(pad))
+        records = records.concatenate(
+            tf.data.Dataset.from_tensors(split.filler()).repeat()).take(size)
         if in_memory:
             records = records.cache()
 
@@ -330,11 +329,10 @@ def eval_stream(split: Split, global_batch: int, num_workers: int = 1,
         return ds.with_options(_options(True, None)).prefetch(EVAL_BATCHES_IN_FLIGHT)
     weighted = split.examples(num_workers, worker_index).map(
         lambda x, y: (x, y, tf.constant(1.0)))
-    if pad:
-        filler = tf.data.Dataset.from_tensors(
-            (tf.zeros(split.image_shape, tf.uint8), tf.zeros([], tf.int64),
-             tf.constant(0.0))).repeat(pad)
-        weighted = weighted.concatenate(filler)
+    filler = tf.data.Dataset.from_tensors(
+        (tf.zeros(split.image_shape, tf.uint8), tf.zeros([], tf.int64),
+         tf.constant(0.0))).repeat()
+    weighted = weighted.concatenate(filler).take(size)
     if in_memory:
         weighted = weighted.cache()
     ds = weighted.batch(global_batch, drop_remainder=True)

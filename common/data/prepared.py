@@ -65,6 +65,7 @@ SHARD_BYTES = 64 * 2**20   # a shard's target size
 MIN_SHARDS = 8             # shards per split where it has as many examples
 MAX_SHARDS = 10_000
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 256 * 2**20
 SPLITS = ("train", "validation", "test")
 _SHARD_NAME = re.compile(r"(train|validation|test)-(\d{5})-of-(\d{5})\.tfrecord")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,120}")
@@ -166,13 +167,50 @@ class _Lock:
 
 def _hold_shared(folder: pathlib.Path) -> None:
     """Holds a shared lock on the copy `folder` for the life of the process,
-    so that no other process deletes it as an old copy."""
+    so that no other process deletes it while this one reads it (waits while
+    another process is deleting it)."""
     key = str(folder)
     if key in _HELD:
         return
     lock = _Lock(folder.with_name(folder.name + ".lock"))
-    if lock.acquire(shared=True):
-        _HELD[key] = lock.fd
+    lock.acquire(shared=True)
+    _HELD[key] = lock.fd
+
+
+def _let_go(folder: pathlib.Path) -> None:
+    """Drops this process's shared lock on the copy `folder`, if it holds one."""
+    fd = _HELD.pop(str(folder), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _delete(folder: pathlib.Path) -> bool:
+    """Deletes the copy (or partial folder) `folder` if no process prepares
+    or reads it (this one included): both its locks are taken without
+    waiting. The
+    lock files stay (a lock file removed under a waiting process would make
+    two locks of one name).
+
+    Returns:
+        Whether it was deleted.
+    """
+    name = folder.name[:-len(".partial")] if folder.suffix == ".partial" else folder.name
+    locks = [_Lock(folder.with_name(f"{name}.lock"))]
+    if folder.suffix != ".partial":  # a partial folder is deleted under its own prepare lock
+        locks.append(_Lock(folder.with_name(f"{name}.prepare.lock")))
+    taken = []
+    try:
+        for lock in locks:
+            if not lock.acquire(wait=False):
+                return False
+            taken.append(lock)
+        shutil.rmtree(folder)
+        return True
+    except OSError:
+        return False
+    finally:
+        for lock in taken:
+            lock.release()
 
 
 # ---------------------------------------------------------------------------
@@ -238,7 +276,15 @@ def _check(condition: bool, what: str) -> None:
         raise ValueError(what)
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
+    """Whether `value` is a count: an int (not a bool) of 0 or more.
+
+    Args:
+        value: any JSON value.
+
+    Returns:
+        True for 0, 1, 2, ...
+    """
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -262,13 +308,13 @@ def read_copy(folder: pathlib.Path) -> Copy:
         ValueError: any check fails; the message says which.
         OSError: the manifest cannot be read.
     """
-    manifest = inputs.read_json(folder / MANIFEST)
+    manifest = inputs.read_json(folder / MANIFEST, MAX_MANIFEST_BYTES)
     _check(isinstance(manifest, dict), "the manifest is not an object")
     _check(manifest.get("format") == FORMAT and manifest.get("version") == VERSION,
            "the manifest is of another format or version")
     shape = manifest.get("image_shape")
     _check(isinstance(shape, list) and len(shape) == 3
-           and all(_is_count(d) and 0 < d <= 65_535 for d in shape),
+           and all(is_count(d) and 0 < d <= 65_535 for d in shape),
            f"image_shape {shape!r} is not three sizes")
     pixels = int(np.prod(shape))
     splits = manifest.get("splits")
@@ -281,15 +327,16 @@ def read_copy(folder: pathlib.Path) -> Copy:
         listed, excluded = entry.get("shards"), entry.get("excluded")
         _check(isinstance(listed, list) and 0 < len(listed) <= MAX_SHARDS,
                f"{split} lists no shards")
-        _check(isinstance(excluded, list) and all(_is_count(i) for i in excluded),
-               f"{split}'s excluded records are not indices")
+        _check(isinstance(excluded, list) and all(is_count(i) for i in excluded)
+               and len(set(excluded)) == len(excluded),
+               f"{split}'s excluded records are not distinct indices")
         shards = []
         for k, shard in enumerate(listed):
             _check(isinstance(shard, dict), f"{split} shard {k} is not an object")
             name, examples, kept = shard.get("file"), shard.get("examples"), shard.get("kept")
             _check(name == shard_name(split, k, len(listed)),
                    f"{split} shard {k} is named {name!r}")
-            _check(_is_count(examples) and _is_count(kept) and kept <= examples,
+            _check(is_count(examples) and is_count(kept) and kept <= examples,
                    f"{name}: bad counts")
             path = folder / name
             try:
@@ -356,9 +403,9 @@ class Writer:
         except (OSError, ValueError):
             return None
         if (not isinstance(progress, dict) or progress.get("file") != name
-                or not _is_count(progress.get("examples"))
+                or not is_count(progress.get("examples"))
                 or not isinstance(progress.get("indices"), list)
-                or not all(isinstance(r, list) and len(r) == 2 and all(map(_is_count, r))
+                or not all(isinstance(r, list) and len(r) == 2 and all(map(is_count, r))
                            for r in progress["indices"])
                 or size != progress["examples"] * (HEADER_BYTES + FRAMING_BYTES + self.pixels)):
             return None
@@ -465,30 +512,42 @@ def _write_json(path: pathlib.Path, payload: Any) -> None:
 
 
 def _unusable(folder: pathlib.Path, reason: str) -> None:
+    """Deletes a damaged copy (this process holds its prepare lock), or says
+    in one line why it cannot."""
     logging.warning("Ignoring the prepared copy %s (%s); preparing it again", folder, reason)
-    shutil.rmtree(folder, ignore_errors=True)
+    _let_go(folder)
+    lock = _Lock(folder.with_name(f"{folder.name}.lock"))
+    try:
+        if not lock.acquire(wait=False):
+            raise UserError(f"the prepared copy {folder} is damaged ({reason}) and another "
+                            "process is reading it; run again once it has ended")
+        try:
+            shutil.rmtree(folder)
+        except OSError as e:
+            raise UserError(f"cannot remove the damaged prepared copy {folder}: "
+                            f"{e.strerror or e}; remove it by hand") from None
+    finally:
+        lock.release()
 
 
 def _remove_older(root: pathlib.Path, family: str, keep: str) -> None:
-    """Deletes other copies of the same source and settings that no process
-    reads (their lock free), and their abandoned partial folders (their
-    preparation lock free)."""
+    """Deletes other copies of the same source and settings, and their
+    abandoned partial folders, that no process prepares or reads."""
     for old in root.glob(f"{family}-*"):
         if old.name.startswith(keep) or old.suffix == ".lock":
             continue
-        if not old.is_dir() or old.is_symlink():
-            continue
-        name = old.name[:-len(".partial")] if old.suffix == ".partial" else old.name
-        lock = _Lock(root / (f"{name}.prepare.lock" if old.suffix == ".partial"
-                             else f"{name}.lock"))
-        try:
-            if lock.acquire(wait=False):
-                shutil.rmtree(old, ignore_errors=True)
-                lock.path.unlink(missing_ok=True)
-        except OSError:
-            pass
-        finally:
-            lock.release()
+        if old.is_dir() and not old.is_symlink():
+            if old.suffix == ".partial":  # its preparation lock is the one to take
+                lock = _Lock(root / f"{old.name[:-len('.partial')]}.prepare.lock")
+                try:
+                    if lock.acquire(wait=False):
+                        shutil.rmtree(old, ignore_errors=True)
+                except OSError:
+                    pass
+                finally:
+                    lock.release()
+            else:
+                _delete(old)
 
 
 def key_of(parts: Any) -> str:
@@ -551,24 +610,24 @@ def prepare(family: str, key: str, image_shape: Union[Sequence[int], Callable[[]
     try:
         if final.is_dir() and not final.is_symlink():
             try:
+                _hold_shared(final)  # before reading: nobody deletes it under us
                 copy = read_copy(final)
                 wanted = expected if expected is not None else image_shape
                 if callable(wanted) or any(want and want != have for want, have in
                                            zip(wanted, copy.image_shape)):
                     raise ValueError(f"its images are {copy.image_shape}, not "
                                      f"{tuple(wanted) if not callable(wanted) else 'known'}")
-                _hold_shared(final)
                 return dataclasses.replace(copy, seconds=time.perf_counter() - start)
             except (OSError, ValueError) as e:
                 _unusable(final, str(e))
         elif os.path.lexists(final):
-            _unusable(final, "not a folder")
-            pathlib.Path(final).unlink(missing_ok=True)
-        if partial.is_symlink() or (os.path.lexists(partial) and not partial.is_dir()):
-            pathlib.Path(partial).unlink()
-        partial.mkdir(exist_ok=True)
+            logging.warning("Ignoring %s (not a folder); preparing the copy again", final)
+            pathlib.Path(final).unlink()
         writer = Writer(partial, image_shape() if callable(image_shape) else image_shape)
         try:
+            if partial.is_symlink() or (os.path.lexists(partial) and not partial.is_dir()):
+                pathlib.Path(partial).unlink()
+            partial.mkdir(exist_ok=True)
             counts, excluded, extra = write(writer)
             manifest = writer.manifest(counts, excluded, extra)
             _write_json(partial / MANIFEST, manifest)
@@ -576,17 +635,27 @@ def prepare(family: str, key: str, image_shape: Union[Sequence[int], Callable[[]
                 progress.unlink()
             os.replace(partial, final)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                raise UserError(f"cannot write the prepared data to {partial}: {e.strerror}; "
-                                f"free space there or set {CACHE_ENV}=DIR (the next run "
-                                "keeps the shards already written)") from None
-            raise
+            keep = (" (the next run keeps the shards already written)"
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+            raise UserError(f"cannot write the prepared data to {partial}: "
+                            f"{e.strerror or e}; free space there or set {CACHE_ENV}=DIR"
+                            f"{keep}") from None
+        except (ValueError, TypeError, KeyError) as e:
+            # An interrupted pass's progress that does not add up: start over.
+            shutil.rmtree(partial, ignore_errors=True)
+            raise UserError(f"the interrupted preparation in {partial} did not add up "
+                            f"({type(e).__name__}: {e}); it was removed: run again to "
+                            "prepare the data from the start") from None
         except tf.errors.OpError as e:
             raise UserError(f"cannot write the prepared data to {partial}: "
                             f"{str(e).splitlines()[0]}; free space there or set "
                             f"{CACHE_ENV}=DIR") from None
-        copy = read_copy(final)
         _hold_shared(final)
+        try:
+            copy = read_copy(final)
+        except (OSError, ValueError) as e:
+            raise UserError(f"the prepared copy {final} just written does not read back "
+                            f"({e}); remove it and run again") from None
         _remove_older(root, family, name)
         seconds = time.perf_counter() - start
         logging.info("Prepared %s in %s (%.1f s)", what, final, seconds)
@@ -723,6 +792,7 @@ class ShardedSplit(Split):
     """
 
     READ_CYCLE = 4
+    BALANCE = 1.1     # the largest worker's share against the smallest's, by shard
     # Records taken from one shard before the next: 1 costs twice the CPU
     # (measured: 146,000 against 234,000 records/s through the pipeline);
     # the shuffle buffer mixes the runs of 16.
@@ -742,6 +812,25 @@ class ShardedSplit(Split):
             How many shard files the split is read from.
         """
         return len(self.split.shards)
+
+    def by_file(self, num_workers: int) -> bool:
+        """Whether `num_workers` workers divide the split by shard: where it
+        has at least as many shards as workers and the workers' shares differ
+        by at most BALANCE (each worker takes batch / num_workers examples a
+        step whatever its share, so unequal shares would be seen unequally
+        often); else by record.
+
+        Args:
+            num_workers: the cluster's workers.
+
+        Returns:
+            True to divide by shard.
+        """
+        if not super().by_file(num_workers):
+            return False
+        shares = [sum(s.kept for s in self.split.shards[i::num_workers])
+                  for i in range(num_workers)]
+        return min(shares) > 0 and max(shares) <= self.BALANCE * min(shares)
 
     def _shards(self, num_workers: int, index: int) -> tuple[Shard, ...]:
         if self.by_file(num_workers):
@@ -799,6 +888,9 @@ class ShardedSplit(Split):
         shards = self._shards(num_workers, index)
         files = tf.data.Dataset.from_tensor_slices([s.path for s in shards])
         cycle = min(len(shards), self.READ_CYCLE)
+        by_element = num_workers > 1 and not self.by_file(num_workers)
+        if by_element:  # every worker must read the same order to keep its n-th records
+            deterministic = True
         if shuffle_files and len(shards) > 1:
             files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
             records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle,

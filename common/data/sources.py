@@ -242,7 +242,8 @@ class TfdsSplit(Split):
             spec = self._ranges(num_workers)[0][index]
         config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False,
                                  interleave_cycle_length=4 if shuffle_files else 1)
-        config.options.deterministic = deterministic
+        # Divided by element, every worker must read the same order.
+        config.options.deterministic = deterministic or (num_workers > 1 and not by_file)
         ds = self.builder.as_dataset(split=spec, as_supervised=True,
                                      shuffle_files=shuffle_files, read_config=config)
         if num_workers > 1 and not by_file:

@@ -13,14 +13,12 @@ with the printed --run_name resumes an interrupted run from its last backup.
 import datetime
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 
 from absl import app, flags
 
-from common.distribute.processes import LAUNCH, free_ports, pump, stop, value_of
+from common.distribute.processes import free_ports, start, stop, value_of
 
 flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
 flags.DEFINE_integer("grace_seconds", 10, "After a worker fails, how long the others "
@@ -103,13 +101,8 @@ def run_cluster(workers: int, launch_args: list[str], grace_seconds: int = 10) -
              if run_name else ""), flush=True)
     for index in range(workers):
         env = dict(os.environ, TF_CONFIG=tf_config(ports, index))
-        process = subprocess.Popen(
-            [sys.executable, "-u", str(LAUNCH), *args], env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        process, reader = start(args, env, f"[worker {index}] ")
         print(f"[cluster] worker {index} pid {process.pid}", flush=True)
-        reader = threading.Thread(target=pump, args=(process.stdout, f"[worker {index}] "),
-                                  daemon=True)
-        reader.start()
         processes.append(process)
         pumps.append(reader)
     failed = None

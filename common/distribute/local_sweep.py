@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from absl import app, flags
@@ -76,14 +75,9 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def _start(args: list[str], env: dict, prefix: str):
-    process = subprocess.Popen(
-        [sys.executable, "-u", str(processes.LAUNCH), *args], env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    process, reader = processes.start(args, env, prefix)
     print(f"[sweep] {env[TUNER_ID_ENV]} pid {process.pid}", flush=True)
-    pump = threading.Thread(target=processes.pump, args=(process.stdout, prefix),
-                            daemon=True)
-    pump.start()
-    return process, pump
+    return process, reader
 
 
 def run_sweep(workers: int, launch_args: list[str], threads_per_worker: int = 0,

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch.py"
@@ -88,3 +89,23 @@ def stop(processes, grace_seconds: int) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def start(args: list[str], env: dict, prefix: str):
+    """Starts launch.py with `args` and `env` in a session of its own, its
+    output (stdout and stderr together) copied to ours with `prefix`.
+
+    Args:
+        args: launch.py's arguments.
+        env: the process's whole environment.
+        prefix: put before every line of its output.
+
+    Returns:
+        (the subprocess.Popen, the thread copying its output).
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(LAUNCH), *args], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    reader = threading.Thread(target=pump, args=(process.stdout, prefix), daemon=True)
+    reader.start()
+    return process, reader

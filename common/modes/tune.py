@@ -150,10 +150,10 @@ class _ProjectTrials:
 
 def _finished_elsewhere(trial_dir: pathlib.Path, timeout: float) -> Optional[float]:
     """The objective of a trial whose folder another process finished (or
-    finishes while this one waits for its lock, up to `timeout` seconds);
-    None where the trial is to be run (or resumed) here."""
-    deadline = time.monotonic() + timeout
-    said = False
+    finishes while this one waits for its lock: the lock is held as long as
+    that process lives, so it is waited for, with a line every `timeout`
+    seconds); None where the trial is to be run (or resumed) here."""
+    said = 0.0
     while True:
         try:
             metrics = files.read_json(trial_dir / files.METRICS_FILE)
@@ -170,14 +170,11 @@ def _finished_elsewhere(trial_dir: pathlib.Path, timeout: float) -> Optional[flo
         try:
             Lock(trial_dir, "run").acquire().release()
             return None  # nobody runs it: run or resume it here
-        except UserError:
-            if time.monotonic() > deadline:
-                raise UserError(f"{trial_dir} stays locked by another process after "
-                                f"{timeout:.0f} s (--cluster_timeout)") from None
-            if not said:
-                logging.info("%s is being run by another process; waiting for it",
-                             trial_dir.name)
-                said = True
+        except UserError as e:
+            if time.monotonic() - said > timeout:
+                logging.info("%s is being run by another process (%s); waiting for it",
+                             trial_dir.name, str(e).split(" is in use by ")[-1].split(";")[0])
+                said = time.monotonic()
             time.sleep(2)
 
 
@@ -295,6 +292,13 @@ def _end_each_trial_once(oracle) -> None:
         while trial_id in queue:
             queue.remove(trial_id)
         if trial_id in oracle.end_order:
+            recorded = oracle.trials.get(trial_id)
+            completed = kt.engine.trial.TrialStatus.COMPLETED
+            if getattr(trial, "status", None) == completed and (
+                    recorded is None or recorded.status != completed):
+                # A real result after a failed stand-in: the result counts.
+                oracle.end_order.remove(trial_id)
+                return end(trial, *args, **kwargs)
             for tuner_id, ongoing in list(oracle.ongoing_trials.items()):
                 if ongoing.trial_id == trial_id:
                     oracle.ongoing_trials.pop(tuner_id)
@@ -469,7 +473,11 @@ def _work(experiment, options, config, strategy, space, description: dict,
                             "chief's command")
         from keras_tuner.src.distribute import oracle_client
         oracle_client.TIMEOUT = options.cluster_timeout  # then one line, not an hour's wait
-        tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space, role)
+        try:
+            tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space, role)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise UserError(f"the Keras Tuner state in {sweep_dir / 'tuner'} is damaged "
+                            f"({type(e).__name__}: {e}); use another --sweep_name") from None
         import grpc
         try:
             tuner.search(verbose=0)
@@ -562,12 +570,10 @@ def _search(experiment, options, config, strategy, sweep_dir, space, epochs: int
                    and t.score is not None][:5]
     print(format_best(best_trials, config))
     best = best_trials[0]
-    best_config = files.read_json(sweep_dir / trial_folder(best.trial_id)
-                                    / files.CONFIG_FILE)
     # The sweep's epochs are its budget, not a finding: the best configuration
     # trains the experiment's epochs (on the printed command line), and the
-    # file says what the trial trained.
-    found_at = best_config["hparams"]["epochs"]
+    # file says what the trial trained (format_best's epochs column).
+    found_at = int(best.hyperparameters.values.get("tuner/epochs", config["epochs"]))
     best_hparams = _trial_values(best)
     payload = {
         "experiment": options.experiment,
