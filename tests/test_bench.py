@@ -99,10 +99,10 @@ def test_streaming(tmp_path, idx_dir):
 
 
 def test_data_scaling(tmp_path):
-    out = bench("data_scaling.py", "--sizes=60,180", "--image_size=32",
+    out = bench("data_scaling.py", "--sizes=200,600", "--image_size=32",
                 f"--folder_root={tmp_path / 'folders'}", f"--results_dir={tmp_path}")
     figures = json.loads((tmp_path / "bench" / "data_scaling.json").read_text())
-    for size in ("60", "180"):
+    for size in ("200", "600"):
         row = figures["figures"][size]
         assert row["files"] == int(size) and row["prepare_images_per_second"] > 1
         first, second = row["runs"]["first"], row["runs"]["second"]

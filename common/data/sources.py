@@ -323,15 +323,15 @@ def load(name: str, data_dir: Optional[str] = None, validation_fraction: float =
             raise UserError(f"--data_dir {data_dir} does not exist")
         local = local_files.locate(name, folder)
         if local is not None:
-            logging.info("Dataset %s: its original files in %s", name, local)
             return _load_local(name, local, validation_fraction)
     if data_dir is None:
         # Before TFDS, which would log that it reads a folder it then finds empty.
         system = _system_folder(name)
         if system is not None:
+            splits = _load_local(name, system, validation_fraction)
             logging.info("Dataset %s: its original files in %s (found without --data_dir: "
                          "the folder Debian's dataset packages install to)", name, system)
-            return _load_local(name, system, validation_fraction)
+            return splits
     try:
         # download=False finds a prepared copy (or tfds.testing.mock_data).
         return _tfds_splits(name, data_dir, validation_fraction, download=False)

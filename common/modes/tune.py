@@ -28,6 +28,7 @@ worker id), checks its settings against sweep.json, and runs the trials the
 oracle hands it. Every process needs the same results folder.
 """
 
+import datetime
 import os
 import pathlib
 import shlex
@@ -288,6 +289,12 @@ def _end_each_trial_once(oracle) -> None:
 
     def end_trial(trial, *args, **kwargs):
         trial_id = getattr(trial, "trial_id", trial)
+        # A restarted chief's display did not see the trial begin: its end
+        # would fail in Keras Tuner's Display (a KeyError sent to the worker).
+        display = getattr(oracle, "_display", None)
+        if display is not None:
+            display.trial_start.setdefault(trial_id, datetime.datetime.now())
+            display.trial_number.setdefault(trial_id, int(trial_id) + 1)
         queue = oracle._retry_queue  # pylint: disable=protected-access
         while trial_id in queue:
             queue.remove(trial_id)
@@ -483,11 +490,17 @@ def _work(experiment, options, config, strategy, space, description: dict,
             tuner.search(verbose=0)
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
-            raise UserError(f"worker {role.tuner_id} lost the sweep's oracle at {role.address}"
-                            f" ({getattr(code, 'name', code) or 'unreachable'} after "
-                            f"{options.cluster_timeout:.0f} s, --cluster_timeout): start (or "
-                            "restart) the chief with the same command, then this worker "
-                            "again") from None
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                raise UserError(f"worker {role.tuner_id} lost the sweep's oracle at "
+                                f"{role.address} ({code.name} after "
+                                f"{options.cluster_timeout:.0f} s, --cluster_timeout): start "
+                                "(or restart) the chief with the same command, then this "
+                                "worker again") from None
+            details = e.details() if hasattr(e, "details") else str(e)
+            raise UserError(f"the sweep's oracle at {role.address} failed a request of worker "
+                            f"{role.tuner_id} ({getattr(code, 'name', code)}: "
+                            f"{str(details).splitlines()[0] if details else 'no details'}); "
+                            "see the chief's output, then start this worker again") from None
         ran = sorted(t.name for t in sweep_dir.glob("trial_*")
                      if _worker_of(t) == role.tuner_id)
         logging.info("Worker %s finished: the oracle has no more trials (this worker ran "
