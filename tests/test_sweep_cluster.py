@@ -310,3 +310,35 @@ def test_a_chiefs_oracle_ends_each_trial_once_and_a_real_result_wins(tmp_path):
     assert oracle.end_order.count(first.trial_id) == 1
     oracle.end_trial(done)  # reported a second time: ignored
     assert oracle.end_order.count(first.trial_id) == 1
+
+
+@pytest.mark.parametrize("tuner_id, localid, bound, expected", [
+    ("chief", 0, None, ()),               # the oracle trains nothing
+    ("tuner0", 1, None, (2, 3)),          # its share of the node's 6 GPUs: 3 tasks, 2 each
+    ("tuner1", 2, None, (4, 5)),
+    ("tuner0", 1, "2", (0, 1)),           # Slurm bound 2 GPUs to the task: all it sees
+])
+def test_slurm_sweep_workers_take_their_share_of_the_gpus(monkeypatch, tuner_id, localid,
+                                                         bound, expected):
+    import tensorflow as tf
+    visible = 6 if bound is None else 2
+    fake = [f"GPU:{i}" for i in range(visible)]
+    chosen_devices = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: fake)
+    monkeypatch.setattr(tf.config, "set_visible_devices",
+                        lambda devices, kind: chosen_devices.append(list(devices)))
+    for name in list(os.environ):
+        if name.startswith("SLURM"):
+            monkeypatch.delenv(name)
+    env = _env(SLURM_JOB_ID=5, SLURM_STEP_ID=0, SLURM_PROCID=localid, SLURM_LOCALID=localid,
+               SLURM_STEP_NUM_TASKS=3, SLURM_NTASKS=3, SLURM_STEP_NODELIST="gpu1",
+               SLURM_STEP_TASKS_PER_NODE="3", SLURMD_NODENAME="gpu1",
+               **({"SLURM_GPUS_ON_NODE": 6} if bound else {}))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    role = sweep_cluster.SweepRole(tuner_id, "gpu1", 20000, "slurm")
+    assert sweep_cluster.assign_gpus(role) == expected
+    if len(expected) < visible:
+        assert chosen_devices == [[fake[i] for i in expected]]
+    else:
+        assert chosen_devices == []

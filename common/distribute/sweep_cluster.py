@@ -145,17 +145,51 @@ def activate(role: SweepRole) -> None:
                      role.tuner_id, role.address)
 
 
-def hide_gpus_from_the_chief(role: SweepRole) -> None:
-    """The chief trains nothing: it takes no GPU from the workers of its node
-    (before TensorFlow starts its runtime).
+def assign_gpus(role: SweepRole) -> tuple[int, ...]:
+    """Which GPUs this process uses, made TensorFlow's before its runtime
+    starts: none for the chief (it trains nothing); for a worker of a Slurm
+    step, the GPUs Slurm binds to its task, or else its share of its node's
+    GPUs by local task id (as training splits them: slurm._slurm_gpu_share);
+    all it sees for a worker started by hand.
 
     Args:
         role: this process's part.
+
+    Returns:
+        The indices (into the GPUs it sees) it uses.
+
+    Raises:
+        UserError: a Slurm node's tasks outnumber its GPUs.
     """
-    if not role.is_chief:
-        return
     import tensorflow as tf
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TensorFlow started already: it keeps what it has
-        pass
+    gpus = tf.config.list_physical_devices("GPU")
+    if role.is_chief:
+        chosen: tuple[int, ...] = ()
+    elif role.source == "slurm" and gpus:
+        env = os.environ
+        node = env.get("SLURMD_NODENAME", "?")
+        local_tasks = _tasks_on_this_node(env)
+        _, _, chosen = slurm._slurm_gpu_share(len(gpus), local_tasks,
+                                              slurm.slurm_int("SLURM_LOCALID"), node)
+    else:
+        chosen = tuple(range(len(gpus)))
+    if gpus and len(chosen) < len(gpus):
+        try:
+            tf.config.set_visible_devices([gpus[i] for i in chosen], "GPU")
+        except RuntimeError:  # TensorFlow started already: it keeps what it has
+            logging.warning("TensorFlow had started: %s keeps all %d GPUs", role.tuner_id,
+                            len(gpus))
+    return chosen
+
+
+def _tasks_on_this_node(env: Mapping[str, str]) -> int:
+    """This node's tasks in the step, from SLURM_STEP_TASKS_PER_NODE
+    ("3" or "2(x2),1", one entry per node in SLURM_STEP_NODELIST's order)."""
+    from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import (
+        expand_hostlist, expand_tasks_per_node)
+    nodes = expand_hostlist(env.get("SLURM_STEP_NODELIST", ""))
+    counts = expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", "1"))
+    node = env.get("SLURMD_NODENAME")
+    if node in nodes and len(counts) == len(nodes):
+        return counts[nodes.index(node)]
+    return counts[0] if counts else 1

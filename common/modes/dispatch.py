@@ -50,7 +50,7 @@ def run(options: RunOptions) -> dict[str, Any]:
     role = sweep_cluster.sweep_role(options.mode, options.strategy)
     if role is not None:  # a distributed sweep: Keras Tuner's variables set
         sweep_cluster.activate(role)
-        sweep_cluster.hide_gpus_from_the_chief(role)
+        sweep_cluster.assign_gpus(role)
     # The strategy comes before any other TensorFlow op.
     strategy_lib.configure_cpu_devices(options.num_cpu_devices)
     strategy = strategy_lib.get_strategy(options.strategy, tpu=options.tpu,
