@@ -147,7 +147,7 @@ def test_sweep_whose_trials_all_fail_reports_the_first_failure(tmp_path, monkeyp
 
     monkeypatch.setattr(experiments.get("mnist_lenet"), "build_model", broken_model)
     (tmp_path / "tfds").mkdir()
-    with tfds.testing.mock_data(num_examples=64):
+    with tfds.testing.mock_data(num_examples=256):  # a batch of 128 fits: the model fails
         with pytest.raises(UserError, match=r"every trial of sweep s failed; first failure "
                                             r"\(trial_1\): ValueError: cannot build with "
                                             r"dropout 0.0 \(tracebacks in "):
