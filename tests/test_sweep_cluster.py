@@ -136,7 +136,7 @@ def test_a_chief_and_two_workers_share_the_trials(data, tmp_path):
     # Every trial in TensorBoard's HParams, under <experiment>/<sweep>/trial_<n>.
     from tests.test_tuning import _hparams_sessions
     assert sorted(_hparams_sessions(t / "logs")[0][0] for t in trials) == [
-        f"mnist_lenet/d1/{t.name}" for t in trials]
+        f"d1/{t.name} (mnist_lenet)" for t in trials]
     # A worker for the finished sweep is told so.
     late = subprocess.run([sys.executable, str(ROOT / "launch.py"),
                            *_sweep_args(data, tmp_path, "d1")], cwd=ROOT, capture_output=True,

@@ -83,16 +83,16 @@ def test_every_run_and_trial_shows_with_its_own_hyperparameters(tmp_path, tensor
                           **common))
 
     names, sessions = tensorboard(results)
-    assert set(sessions) == {"mnist_lenet/lenet", "cifar_vgg_transfer/vgg",
-                             "mnist_lenet/s/trial_1", "mnist_lenet/s/trial_2"}
+    assert set(sessions) == {"lenet (mnist_lenet)", "vgg (cifar_vgg_transfer)",
+                             "s/trial_1 (mnist_lenet)", "s/trial_2 (mnist_lenet)"}
     # Every run's own hyperparameters are columns, not just the sweep's three.
     assert {"dropout", "head_units", "unfreeze_from", "learning_rate", "batch_size"} <= names
-    assert sessions["cifar_vgg_transfer/vgg"]["head_units"] == 8
-    assert sessions["mnist_lenet/lenet"]["dropout"] == 0.0
+    assert sessions["vgg (cifar_vgg_transfer)"]["head_units"] == 8
+    assert sessions["lenet (mnist_lenet)"]["dropout"] == 0.0
 
     # A sweep's own folder still compares just its trials.
     _, trials = tensorboard(results / "mnist_lenet" / "s")
-    assert set(trials) == {"mnist_lenet/s/trial_1", "mnist_lenet/s/trial_2"}
+    assert set(trials) == {"s/trial_1 (mnist_lenet)", "s/trial_2 (mnist_lenet)"}
 
 
 

@@ -87,7 +87,7 @@ def test_random_sweep_writes_trials_hparams_and_best(tmp_path):
     assert not (sweep_dir / "logs").exists()
     assert [t.name for t in trials] == ["trial_1", "trial_2", "trial_3"]
     sessions = _hparams_sessions(trials[0] / "logs")
-    assert sessions[0][0] == "mnist_lenet/s/trial_1"
+    assert sessions[0][0] == "s/trial_1 (mnist_lenet)"
     assert {"learning_rate", "batch_size", "dropout", "optimizer", "epochs"} <= sessions[0][1]
     on_disk = json.loads((sweep_dir / "best_hparams.json").read_text())
     assert on_disk == best

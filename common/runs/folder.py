@@ -336,9 +336,9 @@ class RunFolder:
                     "versions": files.library_versions(),
                     **(extra_config or {}),
                 })
-                write_hparams(run_dir, config, f"{experiment}/{run_dir.name}"
-                              if trial is None else
-                              f"{experiment}/{parent.name}/{run_dir.name}")
+                write_hparams(run_dir, config, session_name(
+                    experiment, run_dir.name if trial is None
+                    else f"{parent.name}/{run_dir.name}"))
         except OSError as e:
             lock.release()
             raise files.os_error(e, "write to the run folder") from None
@@ -438,6 +438,22 @@ class RunFolder:
         raise RunFailed(f"run {self.run_dir} failed: {reason}")
 
 
+def session_name(experiment: str, run: str) -> str:
+    """A run's name in TensorBoard's HParams dashboard (its Trial ID): what
+    tells the runs apart first, since the dashboard's column shows only the
+    start of it, then the experiment: "fashion_mnist-epochs=5-20261202-101500
+    (mnist_lenet)", "sweep-1/trial_3 (mnist_lenet)".
+
+    Args:
+        experiment: the experiment's name.
+        run: the run folder's name, or "<sweep>/<trial>" for a sweep's trial.
+
+    Returns:
+        "<run> (<experiment>)".
+    """
+    return f"{run} ({experiment})"
+
+
 def write_hparams(run_dir: pathlib.Path, config: dict, trial_id: str) -> None:
     """The run's hyperparameters for TensorBoard's HParams dashboard, under
     a trial id that names the experiment; its metrics are the epoch_*
@@ -450,7 +466,8 @@ def write_hparams(run_dir: pathlib.Path, config: dict, trial_id: str) -> None:
         run_dir: the run folder.
         config: the resolved hyperparameters.
         trial_id: the name the dashboard shows for the run
-            ("<experiment>/<run>", or "<experiment>/<sweep>/<trial>").
+            (session_name(): "<run> (<experiment>)", or "<sweep>/<trial>
+            (<experiment>)").
     """
     values = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
