@@ -480,11 +480,7 @@ def _work(experiment, options, config, strategy, space, description: dict,
                             "chief's command")
         from keras_tuner.src.distribute import oracle_client
         oracle_client.TIMEOUT = options.cluster_timeout  # then one line, not an hour's wait
-        try:
-            tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space, role)
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            raise UserError(f"the Keras Tuner state in {sweep_dir / 'tuner'} is damaged "
-                            f"({type(e).__name__}: {e}); use another --sweep_name") from None
+        tuner = _checked_tuner(experiment, options, config, strategy, sweep_dir, space, role)
         import grpc
         try:
             tuner.search(verbose=0)
@@ -558,13 +554,19 @@ def _description_differences(chief: dict, mine: dict) -> list[str]:
     return differs
 
 
-def _search(experiment, options, config, strategy, sweep_dir, space, epochs: int,
-            role: Optional[sweep_cluster.SweepRole] = None) -> dict:
+def _checked_tuner(experiment, options, config, strategy, sweep_dir, space, role):
+    """_make_tuner(), with Keras Tuner's failure to reload its state (in
+    tuner/) as one line."""
     try:
-        tuner = _make_tuner(experiment, options, config, strategy, sweep_dir, space, role)
+        return _make_tuner(experiment, options, config, strategy, sweep_dir, space, role)
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise UserError(f"the Keras Tuner state in {sweep_dir / 'tuner'} is damaged "
                         f"({type(e).__name__}: {e}); use another --sweep_name") from None
+
+
+def _search(experiment, options, config, strategy, sweep_dir, space, epochs: int,
+            role: Optional[sweep_cluster.SweepRole] = None) -> dict:
+    tuner = _checked_tuner(experiment, options, config, strategy, sweep_dir, space, role)
     try:
         # Keras Tuner's own display numbers trials its way and prints failed
         # trials' tracebacks: the project's lines say it instead.
