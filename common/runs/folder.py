@@ -442,7 +442,7 @@ def session_name(experiment: str, run: str) -> str:
     """A run's name in TensorBoard's HParams dashboard (its Trial ID): what
     tells the runs apart first, since the dashboard's column shows only the
     start of it, then the experiment: "fashion_mnist-epochs=5-20261202-101500
-    (mnist_lenet)", "sweep-1/trial_3 (mnist_lenet)".
+    (<experiment>)", "sweep-1/trial_3 (<experiment>)".
 
     Args:
         experiment: the experiment's name.
