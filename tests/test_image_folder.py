@@ -565,3 +565,41 @@ def test_pipeline_headroom_measures_an_image_folder(tmp_path, class_folders):
     assert min(row["pipeline_images_per_second"], row["model_images_per_second"],
                row["first_read_images_per_second"]) > 1  # images/s actually measured
     assert "mnist_lenet: pipeline" in result.stdout and "first read" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["train", "tune"])
+def test_a_record_damaged_in_place_is_one_line_and_the_copy_is_prepared_again(
+        class_folders, cache, tmp_path, mode):
+    """A byte changed inside a record keeps every size right, so only
+    TensorFlow's CRC check finds it, mid-training: one line naming the copy
+    and the shard (not "unexpected DataLossError"), the copy deleted, and the
+    same command prepares it again and runs."""
+    from common.data import prepared
+    folder = tmp_path / "copy"
+    shutil.copytree(class_folders, folder)
+    image_folder.load(str(folder), image_size=28, image_channels=1)
+    for fd in prepared._HELD.values():  # as if another, finished process made it
+        os.close(fd)
+    prepared._HELD.clear()
+    (copy,) = _copies(cache)
+    shard = sorted(copy.glob("train-*.tfrecord"))[1]
+    damaged = bytearray(shard.read_bytes())
+    damaged[12 + 100] ^= 0xFF  # a pixel of the first record, which starts at byte 12
+    shard.write_bytes(damaged)
+    command = [sys.executable, str(ROOT / "launch.py"), "--experiment=mnist_mlp",
+               "--dataset=image_folder", f"--data_dir={folder}", f"--mode={mode}",
+               f"--results_dir={tmp_path / 'results'}", "--hparams=batch_size=32"]
+    command += (["--run_name=damaged", "--epochs=1"] if mode == "train" else
+                ["--sweep_name=damaged", "--tuner=random", "--max_trials=1",
+                 "--max_epochs=1"])
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"launch.py: error: the prepared copy {copy} is damaged ({shard.name}: "
+                    "corrupted record at 12); it was deleted; the same command prepares it "
+                    "again (with the run's --run_name it resumes the run)")
+    assert "Traceback" not in result.stderr and not copy.exists()
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [c.name for c in _copies(cache)] == [copy.name]
+    assert prepared.damaged_shard(copy) is None

@@ -550,6 +550,66 @@ def _remove_older(root: pathlib.Path, family: str, keep: str) -> None:
                 _delete(old)
 
 
+def damaged_shard(folder: pathlib.Path) -> Optional[str]:
+    """Reads every record of the copy `folder`, as TensorFlow checks them
+    (each record's CRC-32C), and says where the first bad one is.
+
+    The size check of read_copy() cannot see a byte changed in place (a
+    failing disk, a hand edit): TensorFlow finds it only when it reads that
+    record, mid-training. Reading a whole copy costs one pass over its bytes,
+    so this runs only after such a failure (explain_data_loss()).
+
+    Args:
+        folder: a copy's folder.
+
+    Returns:
+        "<shard>: <TensorFlow's message>" for the first shard that fails to
+        read, or None when every shard reads.
+    """
+    for path in sorted(folder.glob("*.tfrecord")):
+        try:
+            tf.data.TFRecordDataset(str(path)).reduce(np.int64(0), lambda n, _: n + 1)
+        except tf.errors.DataLossError as e:  # "{{function_node ...}} corrupted record at 12 [Op:...]"
+            message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", str(e.message)).strip().splitlines()
+            return f"{path.name}: {message[0].strip() if message else 'unreadable'}"
+        except tf.errors.OpError as e:  # gone, unreadable: also a damaged copy
+            return f"{path.name}: {type(e).__name__}"
+    return None
+
+
+def explain_data_loss(error: "tf.errors.DataLossError") -> Optional[UserError]:
+    """Turns TensorFlow's DataLossError from reading a damaged prepared copy
+    into one line, and deletes that copy so that the next run prepares it
+    again.
+
+    TensorFlow's message ("corrupted record at 12") names neither the file
+    nor the copy: each copy this process reads is checked (damaged_shard()).
+
+    Args:
+        error: the error TensorFlow raised while reading input.
+
+    Returns:
+        A UserError naming the copy, the shard and what to do; None when no
+        copy this process reads is damaged (the error came from elsewhere:
+        a checkpoint, a TFDS file).
+    """
+    del error  # its message says nothing of where
+    for key in list(_HELD):
+        folder = pathlib.Path(key)
+        where = damaged_shard(folder)
+        if where is None:
+            continue
+        _let_go(folder)
+        if _delete(folder):
+            then = ("it was deleted; the same command prepares it again (with the run's "
+                    "--run_name it resumes the run)")
+        else:
+            then = ("another process reads it: once that has ended, delete it and run the "
+                    "same command again")
+        return UserError(f"the prepared copy {folder} is damaged ({where}); {then}")
+    return None
+
+
 def key_of(parts: Any) -> str:
     """A short key for a copy: SHA-256 of the JSON of `parts`.
 

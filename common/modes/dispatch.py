@@ -3,10 +3,13 @@
 import importlib
 from typing import Any
 
+import tensorflow as tf
+
 import experiments
 from common.config import choices
 from common.config.options import RunOptions
 from common.config.resolve import resolve_config
+from common.data import prepared
 from common.distribute import clusters, slurm, strategy as strategy_lib, sweep_cluster
 from common.errors import UserError
 from common.runs import files, saved
@@ -32,6 +35,8 @@ def run(options: RunOptions) -> dict[str, Any]:
         UserError: anything a user can fix, always before a folder is
             written where it can be known then.
         RunFailed: a run that diverged (recorded as failed).
+        tf.errors.DataLossError: damaged input that is not a prepared copy
+            (a damaged prepared copy is deleted and raises UserError).
     """
     if options.mode not in choices.MODES:
         raise UserError(f"unknown --mode={options.mode!r}; choose one of: "
@@ -60,4 +65,10 @@ def run(options: RunOptions) -> dict[str, Any]:
     strategy_lib.check_global_batch(config["batch_size"], strategy)
     # By name, so a mode's libraries (Keras Tuner, ...) load only when used.
     mode = importlib.import_module(f"common.modes.{options.mode}")
-    return mode.run(experiment, options, config, strategy)
+    try:
+        return mode.run(experiment, options, config, strategy)
+    except tf.errors.DataLossError as e:  # a prepared copy damaged in place
+        explained = prepared.explain_data_loss(e)
+        if explained is None:
+            raise
+        raise explained from None

@@ -44,6 +44,7 @@ import tensorflow as tf
 import experiments
 from common.config import choices
 from common.config.options import RunOptions, SweepTrial
+from common.data import prepared
 from common.distribute import strategy as strategy_lib, sweep_cluster
 from common.errors import UserError
 from common.runs import files
@@ -106,7 +107,12 @@ class _ProjectTrials:
             self.save()
             serve_oracle(self.oracle, role)
             return
-        super().search(*args, **kwargs)
+        try:
+            super().search(*args, **kwargs)
+        except kt.errors.FatalError as e:  # run_trial's own: the sweep cannot go on
+            if isinstance(e.__cause__, UserError):
+                raise e.__cause__ from None
+            raise
 
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
@@ -132,6 +138,10 @@ class _ProjectTrials:
             metrics = train_run(self.experiment, self.options, config, self.strategy,
                                 trial=state)
         except Exception as e:  # Keras Tuner records it and goes on; so do we.
+            if isinstance(e, tf.errors.DataLossError):  # a damaged prepared copy fails
+                explained = prepared.explain_data_loss(e)  # every trial: the sweep stops
+                if explained is not None:
+                    raise kt.errors.FatalError(str(explained)) from explained
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.failures.append((name, f"{type(e).__name__}: {message}"))
             log = self.sweep_dir / name / "error.log"
