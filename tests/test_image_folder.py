@@ -567,6 +567,7 @@ def test_pipeline_headroom_measures_an_image_folder(tmp_path, class_folders):
     assert "mnist_lenet: pipeline" in result.stdout and "first read" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "tune"])
 def test_a_record_damaged_in_place_is_one_line_and_the_copy_is_prepared_again(
         class_folders, cache, tmp_path, mode):
