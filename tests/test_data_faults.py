@@ -134,6 +134,30 @@ def test_a_resume_on_a_changed_file_set_is_refused_naming_the_change(tmp_path):
     assert "1 removed from 'dogs'" in message and "(25 image files, was 24)" in message
 
 
+def test_eval_after_the_folder_changed_writes_its_own_file_naming_the_change(tmp_path):
+    """--mode=eval on the run's own folder, since changed, scored other test
+    files and wrote them over eval.json beside the recorded accuracy."""
+    root = _folder(tmp_path / "d")
+    options = RunOptions(experiment="mnist_mlp", dataset="image_folder", data_dir=str(root),
+                         results_dir=str(tmp_path / "results"), run_name="r", epochs=1,
+                         batch_size=4, verbose=0, hparams=("image_size=12",))
+    dispatch.run(options)
+    run_dir = tmp_path / "results" / "mnist_mlp" / "r"
+    evaluate = RunOptions(experiment="mnist_mlp", mode="eval", run_name="r",
+                          results_dir=options.results_dir, verbose=0)
+    same = dispatch.run(evaluate)
+    assert same["data"]["same_as_run"] and (run_dir / "eval.json").is_file()
+    before = (run_dir / "eval.json").read_bytes()
+    for i in range(6):
+        _save(root / "dogs" / f"new{i}.png", 80 + i)
+    changed = dispatch.run(evaluate)
+    assert changed["data"]["same_as_run"] is False
+    assert changed["data"]["differs"] == ("the image folder changed since the run: 6 image "
+                                          "file(s) added to 'dogs' (30 image files, was 24)")
+    assert (run_dir / f"eval-image_folder-{changed['data']['key']}.json").is_file()
+    assert (run_dir / "eval.json").read_bytes() == before
+
+
 def test_describe_change_takes_a_damaged_record():
     now = {"files": 3, "sha256": "x", "classes": {"a": [3, "d"]}}
     assert image_folder.describe_change(now, now) == ""

@@ -598,7 +598,8 @@ def test_a_record_damaged_in_place_is_one_line_and_the_copy_is_prepared_again(
     last = result.stderr.strip().splitlines()[-1]
     assert last == (f"launch.py: error: the prepared copy {copy} is damaged ({shard.name}: "
                     "corrupted record at 12); it was deleted; the same command prepares it "
-                    "again (with the run's --run_name it resumes the run)")
+                    "again (with the same --run_name or --sweep_name it resumes where it "
+                    "stopped)")
     assert "Traceback" not in result.stderr and not copy.exists()
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

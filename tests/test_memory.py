@@ -45,6 +45,11 @@ def test_sizes_parse(text, expected):
 def test_a_bad_budget_is_one_line_before_any_work(tmp_path):
     with pytest.raises(UserError, match="--data_memory_budget='lots' is not a size; use auto"):
         memory.budget("lots")
+    # A size past tf.data's int64 ram_budget was "unexpected ValueError: Value out of range".
+    with pytest.raises(UserError, match="--data_memory_budget='99999999999T' is above the "
+                                        "largest budget, 1024T; use auto"):
+        memory.budget("99999999999T")
+    assert memory.parse_size("1024T") == 2**50
     result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--experiment=mnist_mlp",
                              "--data_memory_budget=-1", f"--results_dir={tmp_path}"],
                             capture_output=True, text=True, timeout=120)

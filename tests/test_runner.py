@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -10,6 +12,7 @@ import tf_keras
 import experiments
 from common.config import resolve
 from common.config.options import RunOptions
+from common.data import local_files
 from common.errors import UserError
 from common.modes import dispatch
 from common.runs import files
@@ -121,6 +124,63 @@ def test_eval_mode_scores_the_saved_model(tmp_path):
     assert score["examples"] == evaluated["num_test_examples"] == 100
     on_disk = json.loads((tmp_path / "results/mnist_lenet/t/eval.json").read_text())
     assert on_disk["models"]["model"]["accuracy"] == score["accuracy"]
+    assert on_disk["data"] == {**on_disk["data"], "same_as_run": True, "differs": ""}
+
+
+def _class_folders(root, names, per_class=6):
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (28, 28), np.uint8)).save(
+                root / name / f"{i}.png")
+    return root
+
+
+def test_eval_on_other_data_refuses_other_classes_and_never_replaces_eval_json(
+        tmp_path, monkeypatch):
+    """Scores on data whose labels mean other classes were written over the
+    run's eval.json (a 3-class folder against a 10-class run: exit 0), or
+    crashed inside TensorFlow (more classes than the run's outputs)."""
+    monkeypatch.setenv("DATA_CACHE_DIR", str(tmp_path / "cache"))
+    folder = write_idx_dataset(tmp_path / "idx", num_train=200, num_test=50)
+    dispatch.run(_options(tmp_path, epochs=1, data_dir=str(folder), run_name="t"))
+    run_dir = tmp_path / "results/mnist_lenet/t"
+    own = dispatch.run(_options(tmp_path, mode="eval", data_dir=str(folder), run_name="t"))
+    eval_json = (run_dir / "eval.json").read_bytes()
+    three = _class_folders(tmp_path / "three", ["Bag", "Coat", "Shirt"])
+    with pytest.raises(UserError, match=r"run \S+/t was trained on 10 classes and "
+                                        r"--dataset=image_folder has 3: evaluate it on data "
+                                        r"with the run's classes \('0', '1', '2'"):
+        dispatch.run(_options(tmp_path, mode="eval", run_name="t", dataset="image_folder",
+                              data_dir=str(three)))
+    # Ten classes under other names (class folders sort by name): refused on
+    # the first that differs.
+    other = _class_folders(tmp_path / "other", [f"c{i}" for i in range(10)])
+    with pytest.raises(UserError, match=r"class 0 is '0' in the run, 'c0' in the "
+                                        r"data; evaluate it on data with the run's classes"):
+        dispatch.run(_options(tmp_path, mode="eval", run_name="t", dataset="image_folder",
+                              data_dir=str(other)))
+    assert sorted(p.name for p in run_dir.glob("eval*.json")) == ["eval.json"]
+    assert eval_json == (run_dir / "eval.json").read_bytes()
+    # Other data with the run's classes is scored into a file of its own.
+    second = write_idx_dataset(tmp_path / "idx2", num_train=100, num_test=30, seed=5)
+    elsewhere = dispatch.run(_options(tmp_path, mode="eval", run_name="t",
+                                      data_dir=str(second)))
+    assert elsewhere["num_test_examples"] == 30 and own["num_test_examples"] == 50
+    assert elsewhere["data"]["same_as_run"] is False
+    assert elsewhere["data"]["differs"].startswith(f"read from {str(second.resolve())!r}")
+    name = f"eval-{elsewhere['dataset']}-{elsewhere['data']['key']}.json"
+    assert json.loads((run_dir / name).read_text()) == elsewhere
+    assert eval_json == (run_dir / "eval.json").read_bytes()
+
+
+def test_class_names_match_loosely_as_folder_names_spell_them():
+    from common.modes import eval as eval_mode
+    names = local_files.CLASS_NAMES["fashion_mnist"]
+    eval_mode.check_classes(names, [n.replace("/", "_").upper() for n in names], "r", "d")
+    with pytest.raises(UserError, match="class 9 is 'Ankle boot' in the run, 'Boot'"):
+        eval_mode.check_classes(names, [*names[:9], "Boot"], "r", "d")
 
 
 def test_bad_hparam_and_batch_fail_before_any_run_folder(tmp_path):

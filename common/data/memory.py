@@ -116,6 +116,9 @@ def available() -> Available:
     return Available(machine, "available memory")
 
 
+MAX_BUDGET = 2**50  # 1024T: more than any machine has, well inside an int64
+
+
 def parse_size(text: Union[str, int]) -> int:
     """A size in bytes from "0", "512M", "2G", "1.5G", "4096" (K, M, G, T are
     powers of 1,024; a trailing "B" or "iB" is allowed).
@@ -127,13 +130,18 @@ def parse_size(text: Union[str, int]) -> int:
         The size in bytes.
 
     Raises:
-        UserError: not a size, naming the value and the valid forms.
+        UserError: not a size, or above MAX_BUDGET (1024T), naming the
+            value and the valid forms.
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.I)
     if not match:
         raise UserError(f"--data_memory_budget={text!r} is not a size; use auto, 0 (stream "
                         "every split), or a size such as 512M or 2G")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size > MAX_BUDGET:  # tf.data's ram_budget is an int64
+        raise UserError(f"--data_memory_budget={text!r} is above the largest budget, 1024T; "
+                        "use auto, 0 (stream every split), or a size such as 512M or 2G")
+    return size
 
 
 def human(size: float) -> str:

@@ -601,8 +601,8 @@ def explain_data_loss(error: "tf.errors.DataLossError") -> Optional[UserError]:
             continue
         _let_go(folder)
         if _delete(folder):
-            then = ("it was deleted; the same command prepares it again (with the run's "
-                    "--run_name it resumes the run)")
+            then = ("it was deleted; the same command prepares it again (with the same "
+                    "--run_name or --sweep_name it resumes where it stopped)")
         else:
             then = ("another process reads it: once that has ended, delete it and run the "
                     "same command again")
