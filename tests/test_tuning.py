@@ -205,6 +205,21 @@ def test_resumed_sweep_on_other_data_is_refused(tmp_path):
                             data_dir=str(folder)))
 
 
+def test_a_resume_with_other_settings_names_each_difference(tmp_path):
+    """Was the whole recorded settings dict, leaving the user to find the
+    difference."""
+    from common.modes import tune
+    settings = {"tuner": "random", "max_trials": 2, "max_epochs": 1, "objective": "val_loss"}
+    data = {"dataset": "fashion_mnist", "data_dir": None}
+    tune._check_same_sweep(tmp_path, {"settings": settings, "data": data})
+    tune._check_same_sweep(tmp_path, {"settings": settings, "data": data})  # the same: resumes
+    with pytest.raises(UserError) as error:
+        tune._check_same_sweep(tmp_path, {"settings": {**settings, "max_trials": 3,
+                                                       "max_epochs": 2}, "data": data})
+    assert f"sweep {tmp_path} was started with other tuner settings (max_epochs: 1, this " \
+           "command 2; max_trials: 2, this command 3); resume it with the same" in str(error.value)
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     folder = write_idx_dataset(tmp_path / "idx", num_train=600, num_test=60)

@@ -381,9 +381,13 @@ def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
         return
     previous = _read_sweep_json(path)
     for key, what in (("settings", "tuner settings"), ("data", "data")):
-        if previous.get(key) != description[key]:
+        was, now = previous.get(key), description[key]
+        if was != now:
+            differs = ([f"{k}: {was.get(k)!r}, this command {now.get(k)!r}"
+                        for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+                       if isinstance(was, dict) and isinstance(now, dict) else [repr(was)])
             raise UserError(f"sweep {sweep_dir} was started with other {what} "
-                            f"({previous.get(key)}); resume it with the same, or use "
+                            f"({'; '.join(differs)}); resume it with the same, or use "
                             "another --sweep_name")
 
 
