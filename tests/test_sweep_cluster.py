@@ -56,6 +56,29 @@ def test_the_variables_outside_a_sweep_are_refused():
         sweep_cluster.sweep_role("train", "default", env)
 
 
+def test_local_sweep_refuses_another_mode_before_starting_anything(capsys):
+    """--mode=train after -- started three processes that each blamed the
+    KERASTUNER_* variables local_sweep itself had set."""
+    from common.distribute import local_sweep
+    assert local_sweep.main(["local_sweep", "--experiment=mnist_mlp", "--mode=train"]) == 2
+    assert capsys.readouterr().err == (
+        "local_sweep: error: --mode=train is not a sweep; local_sweep runs --mode=tune (leave "
+        "--mode out); for a training across local workers use python -m "
+        "common.distribute.local_cluster\n")
+
+
+@pytest.mark.parametrize("module", ["local_sweep", "local_cluster"])
+def test_a_bad_helper_flag_is_one_line(module):
+    """Was absl's "FATAL Flags parsing error" and a second line of advice."""
+    result = subprocess.run([sys.executable, "-m", f"common.distribute.{module}",
+                             "--workers=0", "--", "--experiment=mnist_mlp"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"{module}: error: flag --workers=0: 0 is not a positive integer")
+    assert "FATAL" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_slurm_step_of_three_tasks_is_a_chief_and_two_workers(monkeypatch):
     for name in list(os.environ):
         if name.startswith(("SLURM", "KERASTUNER")) or name == slurm_lib.SLURM_PORT_BASE_ENV:

@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from common.distribute.processes import free_ports, start, stop, value_of
+from common.distribute.processes import flags_parser, free_ports, start, stop, value_of
 
 flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
 flags.DEFINE_integer("grace_seconds", 10, "After a worker fails, how long the others "
@@ -155,4 +155,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=flags_parser("local_cluster"))

@@ -165,8 +165,8 @@ def main(argv):
         argv: absl's remaining arguments; argv[1:] are launch.py's flags.
 
     Returns:
-        The exit code: 2 when no --experiment is among launch.py's flags,
-        else run_sweep's.
+        The exit code: 2 when no --experiment is among launch.py's flags
+        or they name a --mode other than tune, else run_sweep's.
     """
     launch_args = argv[1:]
     if not any(a.startswith("--experiment") for a in launch_args):
@@ -174,9 +174,15 @@ def main(argv):
               "python -m common.distribute.local_sweep --workers=2 -- --experiment=NAME "
               "--mode=tune", file=sys.stderr)
         return 2
+    mode = processes.value_of(launch_args, "mode")
+    if mode not in (None, "tune"):
+        print(f"local_sweep: error: --mode={mode} is not a sweep; local_sweep runs "
+              "--mode=tune (leave --mode out); for a training across local workers use "
+              "python -m common.distribute.local_cluster", file=sys.stderr)
+        return 2
     return run_sweep(FLAGS.workers, launch_args, FLAGS.threads_per_worker, FLAGS.restarts,
                      FLAGS.grace_seconds)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=processes.flags_parser("local_sweep"))

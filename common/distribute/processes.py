@@ -14,6 +14,29 @@ import time
 LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch.py"
 
 
+def flags_parser(program: str):
+    """absl's flag parsing for app.run(flags_parser=...), with a mistake as
+    one line naming the program ("local_sweep: error: flag --workers=0: ...")
+    instead of absl's FATAL line and its hint.
+
+    Args:
+        program: the name the line starts with.
+
+    Returns:
+        A function of argv that returns absl's remaining arguments, or exits
+        with status 1 after the line.
+    """
+    from absl import flags
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f"{program}: error: {e}", file=sys.stderr)
+            sys.exit(1)
+    return parse
+
+
 def free_ports(count: int) -> list[int]:
     """Ports the OS says are free on localhost, no two the same.
 
