@@ -115,7 +115,13 @@ def test_fifos_and_devices_named_like_images_are_skipped_not_read(tmp_path, alar
     assert splits.num_train + splits.num_validation + splits.num_test == 24
 
 
-def test_a_resume_on_a_changed_file_set_is_refused_naming_the_change(tmp_path):
+def _copies(cache: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if p.is_dir())
+
+
+def test_a_resume_on_a_changed_file_set_is_refused_naming_the_change(tmp_path, cache):
+    """Refused before the changed folder is prepared (it was refused only
+    after: minutes of decoding on a large folder)."""
     root = _folder(tmp_path / "d")
     options = RunOptions(experiment="mnist_mlp", dataset="image_folder", data_dir=str(root),
                          results_dir=str(tmp_path / "results"), run_name="r", epochs=1,
@@ -126,8 +132,10 @@ def test_a_resume_on_a_changed_file_set_is_refused_naming_the_change(tmp_path):
     _save(root / "cats" / "new1.png", 71)
     _save(root / "cats" / "new2.png", 72)
     (root / "dogs" / "000.png").unlink()
+    prepared_before = _copies(cache)
     with pytest.raises(UserError) as error:
         dispatch.run(options)
+    assert _copies(cache) == prepared_before and len(prepared_before) == 1
     message = str(error.value)
     assert "\n" not in message and "image folder changed" in message
     assert "2 image file(s) added to 'cats'" in message

@@ -121,10 +121,7 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
             change = image_folder.describe_change(before.get("file_set"),
                                                   data.get("file_set"))
             if change:
-                raise UserError(f"run {path} was started on other files: the image folder "
-                                f"changed since ({change}); a resumed run must see the same "
-                                "files, or its splits change (restore them, or choose another "
-                                "--run_name)")
+                raise _files_changed(path, change)
             before = {k: v for k, v in before.items() if k != "file_set"}
             data = {k: v for k, v in data.items() if k != "file_set"}
         differs = _differences(before, data)
@@ -149,6 +146,46 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
     except BaseException:
         lock.release()
         raise
+
+
+def _files_changed(path: pathlib.Path, change: str) -> UserError:
+    return UserError(f"run {path} was started on other files: the image folder changed "
+                     f"since ({change}); a resumed run must see the same files, or its "
+                     "splits change (restore them, or choose another --run_name)")
+
+
+def check_files_before_loading(run_dir: pathlib.Path, data_dir: Optional[str]) -> None:
+    """Refuses to resume the unfinished run `run_dir` on an image folder
+    whose files changed since it started, before the folder is prepared
+    (minutes for a large one): claim_run_dir() makes the same check after.
+
+    Only the folder's listing is read (paths, sizes, modification times:
+    image_folder.file_set()). Anything else (no such run, a finished or
+    damaged one, no recorded files) is left to claim_run_dir().
+
+    Args:
+        run_dir: the run folder --run_name names.
+        data_dir: the image folder (--data_dir), or None.
+
+    Raises:
+        UserError: the files changed, in the words of claim_run_dir().
+    """
+    if not data_dir or run_dir.is_symlink() or os.path.lexists(run_dir / files.METRICS_FILE):
+        return
+    try:
+        previous = files.read_json(run_dir / files.CONFIG_FILE)
+    except (OSError, ValueError):
+        return
+    before = previous.get("data") if isinstance(previous, dict) else None
+    if not isinstance(before, dict) or "file_set" not in before:
+        return
+    folder = pathlib.Path(data_dir).expanduser().resolve()
+    if before.get("data_dir") not in (None, str(folder)) or not folder.is_dir():
+        return  # other data: claim_run_dir() says so
+    change = image_folder.describe_change(before["file_set"],
+                                          image_folder.file_set(image_folder.scan(folder)))
+    if change:
+        raise _files_changed(run_dir, change)
 
 
 LABEL_LENGTH = 60       # characters of a default run name before its timestamp

@@ -17,11 +17,11 @@ import tensorflow as tf
 import tf_keras
 
 from common.config.options import RunOptions, SweepTrial
-from common.data import memory, pipeline, sources
+from common.data import image_folder, memory, pipeline, sources
 from common.data.splits import Pipelines, Splits
 from common.distribute import clusters, strategy as strategy_lib
 from common.runs import files, saved
-from common.runs.folder import RunFolder, write_test_scalars
+from common.runs.folder import RunFolder, check_files_before_loading, write_test_scalars
 from common.training import evaluation, precision, stage_runner, stages as stage_lib
 
 # What export() is given and returns: see train_run.
@@ -139,6 +139,11 @@ def train_run(experiment, options: RunOptions, config: dict,
 def _train(experiment, options: RunOptions, config: dict, strategy: tf.distribute.Strategy,
            trial: Optional[SweepTrial], export: Optional[Export]) -> dict[str, Any]:
     stages = stages_of(experiment, config)
+    if trial is None and options.run_name and not options.restart \
+            and config["dataset"] == image_folder.DATASET:
+        check_files_before_loading(
+            pathlib.Path(options.results_dir) / options.experiment / options.run_name,
+            options.data_dir)
     splits = load_data(config, options.data_dir)
     augment = _hook(experiment, "augment")
     pipes = pipeline.pipelines(
