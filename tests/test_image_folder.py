@@ -567,6 +567,36 @@ def test_pipeline_headroom_measures_an_image_folder(tmp_path, class_folders):
     assert "mnist_lenet: pipeline" in result.stdout and "first read" in result.stdout
 
 
+def test_a_damaged_copy_other_processes_read_is_marked_and_prepared_again(
+        class_folders, cache, tmp_path, caplog):
+    """A sweep's workers or a cluster's read one copy: the process that finds
+    the damage cannot delete it, so it removes the manifest, and no later
+    run trusts the copy."""
+    from common.data import prepared
+    folder = tmp_path / "copy"
+    shutil.copytree(class_folders, folder)
+    first = image_folder.load(str(folder), image_size=28, image_channels=1)
+    (copy,) = _copies(cache)
+    assert prepared.explain_data_loss(None) is None  # nothing damaged: not ours to explain
+    shard = sorted(copy.glob("train-*.tfrecord"))[0]
+    damaged = bytearray(shard.read_bytes())
+    damaged[12 + 100] ^= 0xFF
+    shard.write_bytes(damaged)
+    other = prepared._Lock(copy.with_name(copy.name + ".lock"))
+    assert other.acquire(shared=True)  # another reader, as a second process would hold it
+    try:
+        explained = prepared.explain_data_loss(None)
+    finally:
+        other.release()
+    assert f"the prepared copy {copy} is damaged ({shard.name}: corrupted record at 12); " \
+           "other processes read it, so it was marked damaged" in str(explained)
+    assert copy.is_dir() and not (copy / "manifest.json").exists()
+    again = image_folder.load(str(folder), image_size=28, image_channels=1)
+    assert "Ignoring the prepared copy" in caplog.text
+    assert again.report["cache"]["hit"] is False and again.num_train == first.num_train
+    assert prepared.damaged_shard(copy) is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "tune"])
 def test_a_record_damaged_in_place_is_one_line_and_the_copy_is_prepared_again(

@@ -50,6 +50,8 @@ def test_a_bad_budget_is_one_line_before_any_work(tmp_path):
                                         "largest budget, 1024T; use auto"):
         memory.budget("99999999999T")
     assert memory.parse_size("1024T") == 2**50
+    with pytest.raises(UserError, match="is above the largest budget"):
+        memory.parse_size("9" * 400)  # a float of inf: was "unexpected OverflowError"
     result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--experiment=mnist_mlp",
                              "--data_memory_budget=-1", f"--results_dir={tmp_path}"],
                             capture_output=True, text=True, timeout=120)

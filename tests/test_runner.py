@@ -173,6 +173,21 @@ def test_eval_on_other_data_refuses_other_classes_and_never_replaces_eval_json(
     name = f"eval-{elsewhere['dataset']}-{elsewhere['data']['key']}.json"
     assert json.loads((run_dir / name).read_text()) == elsewhere
     assert eval_json == (run_dir / "eval.json").read_bytes()
+    # The run's own folder by a relative path and through a link: the same data.
+    (tmp_path / "link").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    for path in ("idx", "link"):
+        again = dispatch.run(_options(tmp_path, mode="eval", run_name="t", data_dir=path))
+        assert again["data"]["same_as_run"], again["data"]
+        assert again["models"] == own["models"]  # into eval.json, the same scores
+    eval_json = (run_dir / "eval.json").read_bytes()
+    # A run whose config.json predates its "data": other data is still other.
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["data"]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    old = dispatch.run(_options(tmp_path, mode="eval", run_name="t", data_dir=str(second)))
+    assert old["data"]["same_as_run"] is False
+    assert eval_json == (run_dir / "eval.json").read_bytes()
 
 
 def test_class_names_match_loosely_as_folder_names_spell_them():

@@ -67,6 +67,14 @@ def test_local_sweep_refuses_another_mode_before_starting_anything(capsys):
         "common.distribute.local_cluster\n")
 
 
+def test_a_flag_given_twice_counts_as_absl_reads_it():
+    from common.distribute import local_sweep, processes
+    assert processes.value_of(["--mode=train", "--mode", "tune"], "mode") == "tune"
+    assert processes.value_of(["--mode=tune", "--x=1"], "y") is None
+    assert local_sweep.main(["local_sweep", "--experiment=m", "--mode=tune",
+                             "--mode=train"]) == 2
+
+
 @pytest.mark.parametrize("module", ["local_sweep", "local_cluster"])
 def test_a_bad_helper_flag_is_one_line(module):
     """Was absl's "FATAL Flags parsing error" and a second line of advice."""

@@ -218,6 +218,8 @@ def test_a_resume_with_other_settings_names_each_difference(tmp_path):
                                                        "max_epochs": 2}, "data": data})
     assert f"sweep {tmp_path} was started with other tuner settings (max_epochs: 1, this " \
            "command 2; max_trials: 2, this command 3); resume it with the same" in str(error.value)
+    with pytest.raises(UserError, match=r"\(seed: None, this command None\)"):
+        tune._check_same_sweep(tmp_path, {"settings": {**settings, "seed": None}, "data": data})
 
 
 @pytest.mark.slow

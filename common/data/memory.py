@@ -11,6 +11,7 @@ to stream everything).
 """
 
 import dataclasses
+import math
 import os
 import pathlib
 import re
@@ -137,11 +138,11 @@ def parse_size(text: Union[str, int]) -> int:
     if not match:
         raise UserError(f"--data_memory_budget={text!r} is not a size; use auto, 0 (stream "
                         "every split), or a size such as 512M or 2G")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-    if size > MAX_BUDGET:  # tf.data's ram_budget is an int64
+    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if not math.isfinite(value) or value > MAX_BUDGET:  # tf.data's ram_budget is an int64
         raise UserError(f"--data_memory_budget={text!r} is above the largest budget, 1024T; "
                         "use auto, 0 (stream every split), or a size such as 512M or 2G")
-    return size
+    return int(value)
 
 
 def human(size: float) -> str:

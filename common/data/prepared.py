@@ -572,8 +572,6 @@ def damaged_shard(folder: pathlib.Path) -> Optional[str]:
         except tf.errors.DataLossError as e:  # "{{function_node ...}} corrupted record at 12 [Op:...]"
             message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", str(e.message)).strip().splitlines()
             return f"{path.name}: {message[0].strip() if message else 'unreadable'}"
-        except tf.errors.OpError as e:  # gone, unreadable: also a damaged copy
-            return f"{path.name}: {type(e).__name__}"
     return None
 
 
@@ -591,7 +589,9 @@ def explain_data_loss(error: "tf.errors.DataLossError") -> Optional[UserError]:
     Returns:
         A UserError naming the copy, the shard and what to do; None when no
         copy this process reads is damaged (the error came from elsewhere:
-        a checkpoint, a TFDS file).
+        a checkpoint, a TFDS file). A copy other processes still read is
+        not deleted but loses its manifest, so that read_copy() refuses it
+        and the next preparation replaces it.
     """
     del error  # its message says nothing of where
     for key in list(_HELD):
@@ -603,9 +603,13 @@ def explain_data_loss(error: "tf.errors.DataLossError") -> Optional[UserError]:
         if _delete(folder):
             then = ("it was deleted; the same command prepares it again (with the same "
                     "--run_name or --sweep_name it resumes where it stopped)")
-        else:
-            then = ("another process reads it: once that has ended, delete it and run the "
-                    "same command again")
+        else:  # other readers (a sweep's workers, a cluster): no run trusts it again
+            try:
+                (folder / MANIFEST).unlink()
+            except OSError:
+                pass
+            then = ("other processes read it, so it was marked damaged (its manifest "
+                    "removed) and is prepared again by the first run after they end")
         return UserError(f"the prepared copy {folder} is damaged ({where}); {then}")
     return None
 

@@ -139,8 +139,15 @@ def class_names_of(run_config: dict, num_classes: Optional[int] = None) -> list[
     Returns:
         The names as strings; their count is not checked against
         num_classes. Empty if none is known and there is no fallback.
+
+    Raises:
+        UserError: config.json's "class_names" is not a list of strings.
     """
     names = run_config.get("class_names")
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(n, str) for n in names)):
+        raise UserError("the run's config.json is damaged: its class_names is not a list of "
+                        "names")
     if not names:
         dataset = (run_config.get("hparams") or {}).get("dataset")
         names = local_files.CLASS_NAMES.get(dataset)

@@ -71,14 +71,16 @@ def value_of(args: list[str], name: str):
         name: the flag's name without dashes.
 
     Returns:
-        The value as given, or None where the flag is absent.
+        The value as given (the last, where the flag is given several
+        times, as absl reads it), or None where the flag is absent.
     """
+    value = None  # absl takes the last of several
     for i, arg in enumerate(args):
         if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(args):
-            return args[i + 1]
-    return None
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(args):
+            value = args[i + 1]
+    return value
 
 
 def pump(stream, prefix: str) -> None:

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import os
 import pathlib
 from typing import Any, Optional, Sequence
 
@@ -53,9 +54,17 @@ def run(experiment, options: RunOptions, config: dict,
     dataset = options.dataset or trained["hparams"].get("dataset", config["dataset"])
     data_dir = options.data_dir or (trained.get("data") or {}).get("data_dir")
     splits = load_data({**config, **trained["hparams"], "dataset": dataset}, data_dir)
-    check_classes(serving.class_names_of(trained), splits.class_names, run_dir, dataset)
-    data = data_of(trained.get("data") or {}, dataset, data_dir, splits.source,
-                   splits.file_set)
+    names = serving.class_names_of(trained)
+    check_classes(names, splits.class_names, run_dir, dataset)
+    recorded_data = trained.get("data") if isinstance(trained.get("data"), dict) else {}
+    if not any(k in recorded_data for k in ("dataset", "source", "data_dir")):
+        # A run from before config.json said where its data came from: its
+        # dataset from the hyperparameters, and other data wherever the
+        # command names some.
+        recorded_data = {"dataset": trained["hparams"].get("dataset")}
+        if options.data_dir:
+            recorded_data["data_dir"] = "(not recorded)"
+    data = data_of(recorded_data, dataset, data_dir, splits.source, splits.file_set)
     test_ds = pipeline.eval_stream(splits.test, config["batch_size"])
     scores = {}
     for entry in saved.declared_models(run_dir):
@@ -90,7 +99,14 @@ def run(experiment, options: RunOptions, config: dict,
 
 def _normalized(name: str) -> str:
     """A class name compared loosely: case, spaces and punctuation ignored
-    ("T-shirt/top" and the folder name "T-shirt_top" are one class)."""
+    ("T-shirt/top" and the folder name "T-shirt_top" are one class).
+
+    Args:
+        name: a class name.
+
+    Returns:
+        Its letters and digits, case-folded.
+    """
     return "".join(c for c in name.casefold() if c.isalnum())
 
 
@@ -108,11 +124,15 @@ def check_classes(trained: Sequence[str], found: Sequence[str], run_dir, dataset
         dataset: the data's --dataset, for the message.
 
     Raises:
-        UserError: the counts differ, or a name differs beyond case,
-            spaces and punctuation; the message names the first difference.
+        UserError: the run's names are not strings (a damaged config.json);
+            the counts differ, or a name differs beyond case, spaces and
+            punctuation; the message names the first difference.
     """
     if not trained or not found:
         return
+    if not all(isinstance(n, str) for n in trained):
+        raise UserError(f"{run_dir}/config.json is damaged: its class_names are not a list of "
+                        "names")
     if len(trained) != len(found):
         raise UserError(f"run {run_dir} was trained on {len(trained)} classes and "
                         f"--dataset={dataset} has {len(found)}: evaluate it on data with the "
@@ -148,7 +168,7 @@ def data_of(trained: dict, dataset: str, data_dir: Optional[str], source: str,
     if trained.get("dataset") not in (None, dataset):
         differs.append(f"dataset {dataset!r}, the run's {trained.get('dataset')!r}")
     if "source" in trained:  # the folder found, given or not by --data_dir
-        if trained["source"] != source:
+        if _real(trained["source"]) != _real(source):
             differs.append(f"read from {source!r}, the run from {trained['source']!r}")
     elif "data_dir" in trained and trained["data_dir"] != where:
         differs.append(f"data_dir {where!r}, the run's {trained['data_dir']!r}")
@@ -156,10 +176,18 @@ def data_of(trained: dict, dataset: str, data_dir: Optional[str], source: str,
         change = image_folder.describe_change(trained.get("file_set"), file_set)
         if change:
             differs.append(f"the image folder changed since the run: {change}")
-    key = hashlib.sha256(json.dumps([dataset, source, file_set], sort_keys=True)
+    key = hashlib.sha256(json.dumps([dataset, _real(source), where, file_set], sort_keys=True)
                          .encode()).hexdigest()[:8]
     return {"dataset": dataset, "data_dir": where, "source": source, "same_as_run": not differs,
             "differs": "; ".join(differs), "key": key}
+
+
+def _real(source: Any) -> Any:
+    """A source folder with links and relative parts resolved ("tfds" as is):
+    a run given --data_dir=./data and an eval from elsewhere read one folder."""
+    if not isinstance(source, str) or source == "tfds":
+        return source
+    return os.path.realpath(os.path.expanduser(source))
 
 
 def eval_file_name(data: dict) -> str:

@@ -384,7 +384,8 @@ def _check_same_sweep(sweep_dir: pathlib.Path, description: dict) -> None:
         was, now = previous.get(key), description[key]
         if was != now:
             differs = ([f"{k}: {was.get(k)!r}, this command {now.get(k)!r}"
-                        for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+                        for k in sorted(set(was) | set(now))
+                        if was.get(k) != now.get(k) or (k in was) != (k in now)]
                        if isinstance(was, dict) and isinstance(now, dict) else [repr(was)])
             raise UserError(f"sweep {sweep_dir} was started with other {what} "
                             f"({'; '.join(differs)}); resume it with the same, or use "

@@ -149,6 +149,15 @@ def claim_run_dir(parent: pathlib.Path, run_name: Optional[str],
 
 
 def _files_changed(path: pathlib.Path, change: str) -> UserError:
+    """The one line that refuses to resume the run `path` on changed files.
+
+    Args:
+        path: the run folder.
+        change: image_folder.describe_change()'s words.
+
+    Returns:
+        The UserError to raise.
+    """
     return UserError(f"run {path} was started on other files: the image folder changed "
                      f"since ({change}); a resumed run must see the same files, or its "
                      "splits change (restore them, or choose another --run_name)")
@@ -168,7 +177,8 @@ def check_files_before_loading(run_dir: pathlib.Path, data_dir: Optional[str]) -
         data_dir: the image folder (--data_dir), or None.
 
     Raises:
-        UserError: the files changed, in the words of claim_run_dir().
+        UserError: the files changed, in the words of claim_run_dir(); the
+            folder cannot be listed (image_folder.scan()).
     """
     if not data_dir or run_dir.is_symlink() or os.path.lexists(run_dir / files.METRICS_FILE):
         return

@@ -140,7 +140,7 @@ def _train(experiment, options: RunOptions, config: dict, strategy: tf.distribut
            trial: Optional[SweepTrial], export: Optional[Export]) -> dict[str, Any]:
     stages = stages_of(experiment, config)
     if trial is None and options.run_name and not options.restart \
-            and config["dataset"] == image_folder.DATASET:
+            and config["dataset"] == image_folder.DATASET and strategy_lib.is_chief(strategy):
         check_files_before_loading(
             pathlib.Path(options.results_dir) / options.experiment / options.run_name,
             options.data_dir)
