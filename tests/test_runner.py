@@ -137,6 +137,7 @@ def _class_folders(root, names, per_class=6):
     return root
 
 
+@pytest.mark.slow
 def test_eval_on_other_data_refuses_other_classes_and_never_replaces_eval_json(
         tmp_path, monkeypatch):
     """Scores on data whose labels mean other classes were written over the
