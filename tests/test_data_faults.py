@@ -119,15 +119,21 @@ def _copies(cache: pathlib.Path) -> list[str]:
     return sorted(p.name for p in cache.iterdir() if p.is_dir())
 
 
-def test_a_resume_on_a_changed_file_set_is_refused_naming_the_change(tmp_path, cache):
-    """Refused before the changed folder is prepared (it was refused only
-    after: minutes of decoding on a large folder)."""
+def _trained_run(tmp_path: pathlib.Path):
+    """A finished one-epoch run "r" on a small image folder: (the folder,
+    the run's options, the run folder)."""
     root = _folder(tmp_path / "d")
     options = RunOptions(experiment="mnist_mlp", dataset="image_folder", data_dir=str(root),
                          results_dir=str(tmp_path / "results"), run_name="r", epochs=1,
                          batch_size=4, verbose=0, hparams=("image_size=12",))
     dispatch.run(options)
-    run_dir = tmp_path / "results" / "mnist_mlp" / "r"
+    return root, options, tmp_path / "results" / "mnist_mlp" / "r"
+
+
+def test_a_resume_on_a_changed_file_set_is_refused_naming_the_change(tmp_path, cache):
+    """Refused before the changed folder is prepared (it was refused only
+    after: minutes of decoding on a large folder)."""
+    root, options, run_dir = _trained_run(tmp_path)
     (run_dir / "metrics.json").unlink()  # as if killed before the end
     _save(root / "cats" / "new1.png", 71)
     _save(root / "cats" / "new2.png", 72)
@@ -145,12 +151,7 @@ def test_a_resume_on_a_changed_file_set_is_refused_naming_the_change(tmp_path, c
 def test_eval_after_the_folder_changed_writes_its_own_file_naming_the_change(tmp_path):
     """--mode=eval on the run's own folder, since changed, scored other test
     files and wrote them over eval.json beside the recorded accuracy."""
-    root = _folder(tmp_path / "d")
-    options = RunOptions(experiment="mnist_mlp", dataset="image_folder", data_dir=str(root),
-                         results_dir=str(tmp_path / "results"), run_name="r", epochs=1,
-                         batch_size=4, verbose=0, hparams=("image_size=12",))
-    dispatch.run(options)
-    run_dir = tmp_path / "results" / "mnist_mlp" / "r"
+    root, options, run_dir = _trained_run(tmp_path)
     evaluate = RunOptions(experiment="mnist_mlp", mode="eval", run_name="r",
                           results_dir=options.results_dir, verbose=0)
     same = dispatch.run(evaluate)
